@@ -1,0 +1,301 @@
+"""Plain dataclasses for every setting, TOML presets and type-checked dotted overrides.
+
+A config file has one table per section ([model], [data], [train], [run]); `--set
+section.key=value` overrides one field after loading. Unknown keys and wrong types fail with one
+line that names the key and lists the valid ones, because a typo silently ignored costs a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adamba.errors import AdambaError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    d_model: int = 256
+    n_layer: int = 4
+    pattern: str = "A"  # layer mixers, repeated to n_layer: A attention, M Mamba2, K KDA
+    ffn: str = "mlp"  # feed-forward per layer: "mlp" or "none"; a string of letters D/N repeats too
+    mamba_ffn: str = "mlp"  # feed-forward on M layers ("none" as in Mamba2 LMs)
+    # attention
+    n_head: int = 4
+    n_kv_head: int = 4
+    head_dim: int = 0  # 0 = d_model // n_head
+    use_rope: bool = True
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    window: int = 0  # sliding-window size, 0 = full causal attention
+    # feed-forward
+    mlp_act: str = "relu2"  # "relu2" or "swiglu"
+    mlp_ratio: float = 4.0  # hidden = round(mlp_ratio * d_model)
+    # Mamba2
+    mamba_d_state: int = 64
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_headdim: int = 32
+    mamba_ngroups: int = 1
+    mamba_chunk_size: int = 64
+    # Kimi Delta Attention
+    kda_n_head: int = 0  # 0 = n_head
+    kda_head_dim: int = 0  # 0 = attention head_dim
+    kda_conv: int = 4
+    kda_chunk_size: int = 64
+    # embeddings, norms, init
+    tie_embeddings: bool = False
+    max_seq_len: int = 1024
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0 and self.n_head > 0:
+            self.head_dim = self.d_model // self.n_head
+
+    def layer_types(self) -> list[str]:
+        """The mixer letter of every layer: the pattern repeated and cut to n_layer."""
+        return _repeat(self.pattern, self.n_layer, "model.pattern", "AMK")
+
+    def layer_ffns(self) -> list[str]:
+        """'mlp' or 'none' per layer (M layers follow mamba_ffn)."""
+        if self.ffn in ("mlp", "none"):
+            base = [self.ffn] * self.n_layer
+        else:
+            base = ["mlp" if c == "D" else "none" for c in _repeat(self.ffn, self.n_layer, "model.ffn", "DN")]
+        return [self.mamba_ffn if t == "M" else f for t, f in zip(self.layer_types(), base)]
+
+    def validate(self) -> None:
+        self.layer_types()
+        self.layer_ffns()
+        if "A" in self.pattern and self.n_head % max(self.n_kv_head, 1):
+            raise AdambaError(
+                f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head} (GQA groups)"
+            )
+        if self.mlp_act not in ("relu2", "swiglu"):
+            raise AdambaError(f"model.mlp_act={self.mlp_act!r}: choose 'relu2' or 'swiglu'")
+        if self.mamba_ffn not in ("mlp", "none"):
+            raise AdambaError(f"model.mamba_ffn={self.mamba_ffn!r}: choose 'mlp' or 'none'")
+
+
+def _repeat(pattern: str, n: int, key: str, letters: str) -> list[str]:
+    if not pattern or any(c not in letters for c in pattern):
+        raise AdambaError(f"{key}={pattern!r}: use only the letters {', '.join(letters)}")
+    return [pattern[i % len(pattern)] for i in range(n)]
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # manifest.jsonl files or shard folders
+    val: list[str] = field(default_factory=list)
+    tokenizer: str = ""  # tokenizer.json path
+    seq_len: int = 256
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3
+    schedule: str = "cosine"  # "cosine" or "wsd"
+    warmup_frac: float = 0.01
+    decay_frac: float = 0.2  # WSD: final fraction of steps spent decaying
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    ckpt_every: int = 200
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # "auto", "cpu", "cuda", "mps"
+    dtype: str = "float32"  # "float32" or "bfloat16" (autocast on GPU)
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads on CPU, 0 = leave torch's default
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine", "wsd"):
+            raise AdambaError(f"train.schedule={self.schedule!r}: choose 'cosine' or 'wsd'")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise AdambaError(f"train.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise AdambaError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/run"
+    progress: bool = True  # live rich progress display
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check (and gently convert) a value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1]
+        if isinstance(value, str):
+            value = [value] if inner is str and not value.startswith("[") else _parse_literal(key, value)
+        if not isinstance(value, (list, tuple)):
+            raise AdambaError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(key, v, inner) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except AdambaError:
+                continue
+        raise AdambaError(f"config key '{key}' expects {tp}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise AdambaError(f"config key '{key}' expects None, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise AdambaError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise AdambaError(f"config key '{key}' expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise AdambaError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise AdambaError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise AdambaError(f"config key '{key}' expects a string, got {value!r}")
+    return value
+
+
+def _parse_literal(key: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AdambaError(f"config key '{key}': cannot parse {text!r} as a list (use JSON, e.g. [1, 2])") from e
+
+
+def _section(cfg: Config, name: str) -> Any:
+    if name not in SECTIONS:
+        raise AdambaError(f"unknown config section '{name}'; valid sections: {', '.join(SECTIONS)}")
+    return getattr(cfg, name)
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` to value, type-checked against the dataclass field."""
+    if "." not in dotted:
+        raise AdambaError(f"config key '{dotted}' must look like section.key (sections: {', '.join(SECTIONS)})")
+    sec_name, key = dotted.split(".", 1)
+    sec = _section(cfg, sec_name)
+    hints = typing.get_type_hints(type(sec))
+    if key not in hints:
+        valid = ", ".join(f.name for f in dataclasses.fields(sec))
+        raise AdambaError(f"unknown config key '{dotted}'; valid keys in [{sec_name}]: {valid}")
+    setattr(sec, key, _coerce(dotted, value, hints[key]))
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
+    for sec_name, table in data.items():
+        if not isinstance(table, dict):
+            raise AdambaError(f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}")
+        _section(cfg, sec_name)
+        for key, value in table.items():
+            set_value(cfg, f"{sec_name}.{key}", value)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        if "=" not in item:
+            raise AdambaError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path to a TOML file, or the name of a built-in preset (e.g. 'tiny-cpu')."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / (name if name.endswith(".toml") else f"{name}.toml")
+    if preset.is_file():
+        return preset
+    if (PRESET_DIR / path.name).is_file():
+        return PRESET_DIR / path.name
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+    raise AdambaError(f"config file not found: {name} (built-in presets: {names})")
+
+
+def load_config(name: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file or preset, then --set overrides; validated."""
+    cfg = Config()
+    if name:
+        path = resolve_config_path(name)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise AdambaError(f"{path}: invalid TOML: {e}") from e
+        apply_dict(cfg, data, source=str(path))
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with to_dict (e.g. from a checkpoint's config.json)."""
+    cfg = Config()
+    for sec_name, table in data.items():
+        sec = _section(cfg, sec_name)
+        names = {f.name for f in dataclasses.fields(sec)}
+        for k, v in table.items():
+            if k in names:
+                setattr(sec, k, v)
+    return cfg

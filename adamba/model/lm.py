@@ -1,0 +1,137 @@
+"""The language model: token embedding, a stack of pre-norm blocks built from the layer
+pattern (attention / Mamba2 / KDA mixer, then an optional MLP), final norm, LM head, loss."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamba.config import ModelConfig
+from adamba.nn.mlp import MLP
+from adamba.nn.norm import RMSNorm
+
+
+def build_mixer(kind: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
+    """Layer-pattern letter -> sequence mixer. Imports lazily so a pattern only pulls what it uses."""
+    if kind == "A":
+        from adamba.nn.attention import Attention
+
+        return Attention(cfg, layer_idx)
+    if kind == "M":
+        from adamba.nn.mamba2 import Mamba2
+
+        return Mamba2(cfg, layer_idx)
+    if kind == "K":
+        from adamba.nn.kda import KDA
+
+        return KDA(cfg, layer_idx)
+    raise ValueError(f"unknown mixer kind {kind!r}")
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str, ffn: str):
+        super().__init__()
+        self.kind = kind
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = build_mixer(kind, cfg, layer_idx)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn == "mlp" else None
+        self.mlp = MLP(cfg) if ffn == "mlp" else None
+
+    def forward(self, x: torch.Tensor, state=None) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x), state)
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        kinds, ffns = cfg.layer_types(), cfg.layer_ffns()
+        self.blocks = nn.ModuleList(Block(cfg, i, k, f) for i, (k, f) in enumerate(zip(kinds, ffns)))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for matrices; residual output projections scaled by
+        1/sqrt(2 n_layer) (GPT-2) so the residual stream does not grow with depth. Mixers with
+        their own special inits (A_log, dt_bias, conv) keep them via `_no_reinit` parameters."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for name, mod in self.named_modules():
+            if isinstance(mod, nn.Linear) and not getattr(mod, "_no_reinit", False):
+                leaf = name.rsplit(".", 1)[-1]
+                nn.init.normal_(mod.weight, 0.0, out_std if leaf in ("o_proj", "w_down", "out_proj") else std)
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
+        nn.init.normal_(self.embed.weight, 0.0, std)
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.head.weight, 0.0, std)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def init_state(self, batch: int, device=None, dtype=None) -> list:
+        """Per-layer decoding state (KV cache for attention, conv + recurrent state for M/K)."""
+        p = next(self.parameters())
+        device, dtype = device or p.device, dtype or p.dtype
+        return [b.mixer.init_state(batch, device, dtype) for b in self.blocks]
+
+    def hidden(self, idx: torch.Tensor, state: list | None = None) -> torch.Tensor:
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if state is None else state[i])
+        return self.norm(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: list | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (logits [B,T,V], mean cross-entropy over targets != -100, or None)."""
+        logits = self.head(self.hidden(idx, state))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        stop_ids: set[int] | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        """Yield new token ids [B] one at a time: prefill the prompt once, then decode with the
+        per-layer state so each step costs one token's work."""
+        state = self.init_state(idx.shape[0])
+        logits, _ = self(idx, state=state)
+        logits = logits[:, -1]
+        for _ in range(max_new_tokens):
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                lg = logits.float() / temperature
+                if top_k:
+                    kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
+                    lg = lg.masked_fill(lg < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
+            yield nxt
+            if stop_ids and all(int(t) in stop_ids for t in nxt):
+                return
+            logits, _ = self(nxt[:, None], state=state)
+            logits = logits[:, -1]

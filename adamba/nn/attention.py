@@ -1,0 +1,102 @@
+"""Causal self-attention: GQA, RoPE, QK RMS-norm, PyTorch SDPA, optional sliding window,
+and a KV cache for decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamba.config import ModelConfig
+from adamba.nn.rope import Rotary
+
+
+@dataclass
+class KVState:
+    """Keys/values of past tokens, [batch, kv_heads, capacity, head_dim], filled up to `length`.
+
+    The buffer grows by doubling, so appending a token is O(1) amortised instead of a full copy.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, kv_heads: int, head_dim: int, device, dtype, capacity: int = 256) -> KVState:
+        shape = (batch, kv_heads, capacity, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = k.shape[2]
+        need = self.length + T
+        if need > self.k.shape[2]:
+            cap = max(need, 2 * self.k.shape[2])
+            grow = (*self.k.shape[:2], cap - self.k.shape[2], self.k.shape[3])
+            self.k = torch.cat([self.k, self.k.new_zeros(grow)], dim=2)
+            self.v = torch.cat([self.v, self.v.new_zeros(grow)], dim=2)
+        self.k[:, :, self.length : need] = k
+        self.v[:, :, self.length : need] = v
+        self.length = need
+        return self.k[:, :, :need], self.v[:, :, :need]
+
+    def nbytes(self) -> int:
+        per = self.k.element_size() * self.k.shape[0] * self.k.shape[1] * self.k.shape[3]
+        return 2 * per * self.length
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.window = cfg.window
+        d = cfg.d_model
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+            self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
+        self.eps = cfg.norm_eps
+        self.rotary = Rotary(self.head_dim, cfg.rope_theta, cfg.max_seq_len) if cfg.use_rope else None
+
+    def init_state(self, batch: int, device, dtype) -> KVState:
+        return KVState.empty(batch, self.n_kv_head, self.head_dim, device, dtype)
+
+    def _mask(self, T: int, S: int, device) -> torch.Tensor | None:
+        """Boolean mask [T, S] (True = attend) for T queries at the end of S keys; None when
+        plain causal SDPA suffices."""
+        if self.window <= 0 and T == S:
+            return None
+        q_pos = torch.arange(S - T, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        mask = k_pos <= q_pos
+        if self.window > 0:
+            mask = mask & (k_pos > q_pos - self.window)
+        return mask
+
+    def forward(self, x: torch.Tensor, state: KVState | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_dim,), self.q_norm_weight, self.eps)
+            k = F.rms_norm(k, (self.head_dim,), self.k_norm_weight, self.eps)
+        offset = state.length if state is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if state is not None:
+            k, v = state.append(k, v)
+        S = k.shape[2]
+        mask = self._mask(T, S, x.device)
+        gqa = self.n_head != self.n_kv_head
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))

@@ -1,0 +1,25 @@
+"""Feed-forward: ReLU^2 (default, cheap and strong at small scale) or SwiGLU."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamba.config import ModelConfig
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.act = cfg.mlp_act
+        self.hidden = int(round(cfg.mlp_ratio * cfg.d_model))
+        self.w_up = nn.Linear(cfg.d_model, self.hidden, bias=False)
+        if self.act == "swiglu":
+            self.w_gate = nn.Linear(cfg.d_model, self.hidden, bias=False)
+        self.w_down = nn.Linear(self.hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "swiglu":
+            h = F.silu(self.w_gate(x)) * self.w_up(x)
+        else:
+            h = F.relu(self.w_up(x)).square()
+        return self.w_down(h)
