@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from adamba.errors import AdambaError
 
@@ -106,6 +107,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
+    max_minutes: float = 0.0  # > 0: after a few steps, shrink max_steps to fit this wall-clock budget
     lr: float = 3e-3
     schedule: str = "cosine"  # "cosine" or "wsd"
     warmup_frac: float = 0.01
@@ -220,7 +222,9 @@ def _parse_literal(key: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise AdambaError(f"config key '{key}': cannot parse {text!r} as a list (use JSON, e.g. [1, 2])") from e
+        raise AdambaError(
+            f"config key '{key}': cannot parse {text!r} as a list (use JSON, e.g. [1, 2])"
+        ) from e
 
 
 def _section(cfg: Config, name: str) -> Any:
@@ -232,7 +236,9 @@ def _section(cfg: Config, name: str) -> Any:
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
     """Set `section.key` to value, type-checked against the dataclass field."""
     if "." not in dotted:
-        raise AdambaError(f"config key '{dotted}' must look like section.key (sections: {', '.join(SECTIONS)})")
+        raise AdambaError(
+            f"config key '{dotted}' must look like section.key (sections: {', '.join(SECTIONS)})"
+        )
     sec_name, key = dotted.split(".", 1)
     sec = _section(cfg, sec_name)
     hints = typing.get_type_hints(type(sec))
@@ -245,7 +251,9 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
 def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
     for sec_name, table in data.items():
         if not isinstance(table, dict):
-            raise AdambaError(f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}")
+            raise AdambaError(
+                f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}"
+            )
         _section(cfg, sec_name)
         for key, value in table.items():
             set_value(cfg, f"{sec_name}.{key}", value)

@@ -1,0 +1,56 @@
+"""Bits per byte: tokenizer-independent loss, so models with different vocabularies compare.
+
+bpb = (sum of cross-entropy in nats over target tokens) / (ln 2 * UTF-8 bytes of those tokens).
+Special tokens (0 bytes) are left out of both sums, as nanochat does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, device="cpu", autocast=None) -> dict:
+    """Mean loss and bits-per-byte over (x, y) batches."""
+    model.eval()
+    nats = 0.0
+    n_bytes = 0
+    loss_sum, n_tok = 0.0, 0
+    token_bytes = token_bytes.to(device)
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        if autocast is not None:
+            with autocast:
+                logits, _ = model(x)
+        else:
+            logits, _ = model(x)
+        ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1), reduction="none")
+        b = token_bytes[y.view(-1)]
+        nats += float((ce * (b > 0)).sum())
+        n_bytes += int(b.sum())
+        loss_sum += float(ce.sum())
+        n_tok += ce.numel()
+    model.train()
+    return {
+        "loss": loss_sum / max(1, n_tok),
+        "bpb": nats / (math.log(2) * max(1, n_bytes)),
+        "tokens": n_tok,
+        "bytes": n_bytes,
+    }
+
+
+def unigram_bpb(train_tokens: np.ndarray, val_tokens: np.ndarray, token_bytes: np.ndarray) -> float:
+    """Bits per byte of the best context-free model: token frequencies counted on the training
+    tokens (add-one smoothed), scored on the validation tokens. A model that beats this has
+    learned structure, not just symbol frequencies."""
+    vocab = len(token_bytes)
+    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log2(counts / counts.sum())
+    val = val_tokens.astype(np.int64)
+    val = val[token_bytes[val] > 0]
+    return float(-logp[val].sum() / token_bytes[val].sum())

@@ -1,0 +1,34 @@
+"""AdamW with parameter groups: weight decay on weight matrices only.
+
+No decay on biases, norm scales, embeddings, or the SSM/gate constants (A_log, dt_bias, D),
+whose values set time scales rather than feature directions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adamba.config import TrainConfig
+
+NO_DECAY_NAMES = ("A_log", "dt_bias", ".D", "norm", "embed")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)

@@ -1,0 +1,24 @@
+"""Learning-rate multipliers as pure functions of the step, so resuming needs only the step."""
+
+from __future__ import annotations
+
+import math
+
+from adamba.config import TrainConfig
+
+
+def lr_multiplier(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine to min_lr_frac, or WSD: stable, then linear decay over the
+    last decay_frac of training to min_lr_frac."""
+    warmup = max(1, int(round(cfg.warmup_frac * total)))
+    if step < warmup:
+        return (step + 1) / warmup
+    lo = cfg.min_lr_frac
+    if cfg.schedule == "wsd":
+        decay_start = int(total * (1.0 - cfg.decay_frac))
+        if step < decay_start:
+            return 1.0
+        frac = (step - decay_start) / max(1, total - decay_start)
+        return 1.0 - (1.0 - lo) * min(1.0, frac)
+    frac = (step - warmup) / max(1, total - warmup)
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))

@@ -1,0 +1,228 @@
+"""The training loop: one function, `run(cfg)`, used by the CLI, the quickstart and tests.
+
+Everything the next step depends on (weights, optimizer moments, loader position, RNG, step,
+schedule length) is checkpointed, so `resume=True` reproduces the uninterrupted loss curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adamba.config import Config
+from adamba.data.loader import TokenLoader
+from adamba.data.tokenizer import Tokenizer
+from adamba.errors import AdambaError
+from adamba.eval.bpb import evaluate_bpb
+from adamba.model.lm import LM
+from adamba.train import checkpoint as ck
+from adamba.train.monitor import MetricsLog, ProgressDisplay
+from adamba.train.optim import build_optimizer
+from adamba.train.schedule import lr_multiplier
+
+CALIBRATION_STEPS = 5  # steps timed before a max_minutes budget fixes the run length
+MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens_seen: int
+    tokens_per_s: float
+    params: int
+    val: dict | None
+    elapsed_s: float
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AdambaError("train.device='cuda' but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_ctx(device: torch.device, dtype: str):
+    if dtype == "bfloat16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def load_tokenizer(cfg: Config) -> Tokenizer:
+    if not cfg.data.tokenizer:
+        raise AdambaError(
+            "data.tokenizer is not set: point it at a tokenizer.json (see `adamba data tokenizer`)"
+        )
+    if not Path(cfg.data.tokenizer).exists():
+        raise AdambaError(f"tokenizer not found: {cfg.data.tokenizer} (set data.tokenizer)")
+    return Tokenizer.load(cfg.data.tokenizer)
+
+
+def _check_resume_config(cfg: Config, ckpt: ck.Checkpoint) -> None:
+    old, new = ckpt.cfg.model.__dict__, cfg.model.__dict__
+    diff = [k for k in new if old.get(k) != new[k]]
+    if diff:
+        detail = ", ".join(f"model.{k}: checkpoint {old.get(k)!r} vs config {new[k]!r}" for k in diff[:4])
+        raise AdambaError(f"cannot resume: the model config differs from the checkpoint's ({detail})")
+
+
+def run(cfg: Config, resume: bool = False) -> TrainResult:
+    cfg.validate()
+    run_dir = Path(cfg.run.out_dir)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg)
+    if not cfg.data.train:
+        raise AdambaError("data.train is empty: list the training manifests (see `adamba data shards`)")
+
+    ckpt = None
+    if resume:
+        try:
+            ckpt = ck.read_checkpoint(run_dir)
+        except AdambaError as e:
+            raise AdambaError(f"--resume: nothing to resume in {run_dir} ({e})") from e
+        if ckpt.cfg.model.vocab_size != tokenizer.vocab_size:
+            raise AdambaError(
+                f"tokenizer {cfg.data.tokenizer} has {tokenizer.vocab_size} tokens but the checkpoint in {run_dir} "
+                f"was trained with {ckpt.cfg.model.vocab_size}; use the run's own tokenizer.json"
+            )
+    cfg.model.vocab_size = tokenizer.vocab_size
+    if ckpt is not None:
+        _check_resume_config(cfg, ckpt)
+
+    torch.manual_seed(cfg.train.seed)
+    model = LM(cfg.model).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    fp = tokenizer.fingerprint()
+    loader = TokenLoader(
+        cfg.data.train, cfg.train.batch_size, cfg.data.seq_len, seed=cfg.train.seed, tokenizer_fingerprint=fp
+    )
+    token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
+    amp = autocast_ctx(device, cfg.train.dtype)
+
+    start, total, tokens_seen, elapsed_prev = 0, cfg.train.max_steps, 0, 0.0
+    if ckpt is not None:
+        ck.load_weights(model, ckpt)
+        tstate = ck.load_trainer_state(ckpt)
+        optimizer.load_state_dict(tstate["optimizer"])
+        loader.load_state_dict(ckpt.state["loader"])
+        ck.set_rng_state(tstate["rng"])
+        start = ckpt.state["step"]
+        total = ckpt.state.get("max_steps", total)
+        tokens_seen = ckpt.state.get("tokens_seen", 0)
+        elapsed_prev = ckpt.state.get("elapsed_s", 0.0)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None)
+    display = ProgressDisplay(total, start, enabled=cfg.run.progress)
+    budget_fixed = ckpt is not None or cfg.train.max_minutes <= 0
+
+    def evaluate() -> dict | None:
+        if not cfg.data.val:
+            return None
+        val_loader = TokenLoader(
+            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, seed=0, tokenizer_fingerprint=fp
+        )
+        batches = (next(val_loader) for _ in range(cfg.train.eval_batches))
+        return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
+
+    def save(step: int, elapsed: float) -> None:
+        state = {
+            "loader": loader.state_dict(),
+            "max_steps": total,
+            "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed,
+        }
+        ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
+
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum
+    t0 = time.time()
+    t_calib = None
+    bad_steps = 0
+    val = None
+    step = start
+    model.train()
+    try:
+        while step < total:
+            if not budget_fixed and step - start == 1:
+                t_calib = time.time()  # the first step pays one-off costs; time the next ones
+            if not budget_fixed and t_calib is not None and step - start == 1 + CALIBRATION_STEPS:
+                per_step = (time.time() - t_calib) / CALIBRATION_STEPS
+                eval_cost = 0.1  # leave ~10% of the budget for evaluation and checkpoints
+                fit = int(cfg.train.max_minutes * 60 * (1 - eval_cost) / per_step)
+                total = max(step + 1, min(total, fit))
+                budget_fixed = True
+            lr = cfg.train.lr * lr_multiplier(step, total, cfg.train)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_acc = 0.0
+            for _ in range(cfg.train.grad_accum):
+                x, y = next(loader)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with amp:
+                    _, loss = model(x, y)
+                (loss / cfg.train.grad_accum).backward()
+                loss_acc += float(loss.detach()) / cfg.train.grad_accum
+            gnorm = float(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+            )
+            if not (math.isfinite(loss_acc) and math.isfinite(gnorm)):
+                optimizer.zero_grad(set_to_none=True)
+                bad_steps += 1
+                display.print(
+                    f"[yellow]step {step}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
+                )
+                if bad_steps >= MAX_BAD_STEPS:
+                    raise AdambaError(
+                        f"training diverged: {bad_steps} consecutive non-finite steps at step {step}; "
+                        f"lower train.lr (now {cfg.train.lr}) or raise train.warmup_frac"
+                    )
+            else:
+                bad_steps = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            elapsed = elapsed_prev + time.time() - t0
+            tok_s = (step - start) * tokens_per_step / max(1e-9, time.time() - t0)
+            row = {
+                "step": step,
+                "loss": loss_acc,
+                "lr": lr,
+                "grad_norm": gnorm,
+                "tokens": tokens_seen,
+                "tok_s": tok_s,
+                "elapsed_s": elapsed,
+            }
+            if cfg.train.eval_every > 0 and (step % cfg.train.eval_every == 0 or step == total):
+                val = evaluate()
+                if val is not None:
+                    row.update(val_loss=val["loss"], val_bpb=val["bpb"])
+            metrics.write(row)
+            display.update(step, total, loss_acc, lr, tok_s, f" val_bpb {val['bpb']:.3f}" if val else "")
+            if step == total or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0):
+                save(step, elapsed)
+    finally:
+        display.close()
+        metrics.close()
+    elapsed = time.time() - t0
+    return TrainResult(
+        run_dir=run_dir,
+        steps=step,
+        tokens_seen=tokens_seen,
+        tokens_per_s=(step - start) * tokens_per_step / max(1e-9, elapsed),
+        params=model.num_params(),
+        val=val,
+        elapsed_s=elapsed_prev + elapsed,
+    )
