@@ -103,7 +103,9 @@ class LM(nn.Module):
         logits = self.head(self.hidden(idx, state))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100
+            )
         return logits, loss
 
     @torch.no_grad()

@@ -27,7 +27,9 @@ class KVState:
     @classmethod
     def empty(cls, batch: int, kv_heads: int, head_dim: int, device, dtype, capacity: int = 256) -> KVState:
         shape = (batch, kv_heads, capacity, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return cls(
+            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        )
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.shape[2]
@@ -53,9 +55,9 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.window = cfg.window
         d = cfg.d_model
-        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        # q, k, v in one matmul: rows [q heads | k heads | v heads] (one GEMM is faster on CPU)
+        self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        self.qkv_proj = nn.Linear(d, self.q_dim + 2 * self.kv_dim, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
@@ -81,9 +83,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: KVState | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q = F.rms_norm(q, (self.head_dim,), self.q_norm_weight, self.eps)
             k = F.rms_norm(k, (self.head_dim,), self.k_norm_weight, self.eps)
