@@ -1,0 +1,31 @@
+import torch
+
+from adamba.config import ModelConfig, TrainConfig
+from adamba.model.lm import LM
+from adamba.train.optim import param_groups
+from adamba.train.schedule import lr_multiplier
+
+
+def test_wsd_and_cosine_shapes():
+    cfg = TrainConfig(schedule="wsd", warmup_frac=0.1, decay_frac=0.2, min_lr_frac=0.1)
+    m = [lr_multiplier(s, 100, cfg) for s in range(100)]
+    assert m[0] == 0.1 and m[9] == 1.0 and m[50] == 1.0 and m[79] == 1.0
+    assert abs(m[99] - (1 - 0.9 * 19 / 20)) < 1e-9 and m[99] < m[85] < m[80]
+    cfg.schedule = "cosine"
+    c = [lr_multiplier(s, 100, cfg) for s in range(100)]
+    assert all(a >= b for a, b in zip(c[10:], c[11:])) and abs(c[-1] - 0.1) < 0.01
+
+
+def test_weight_decay_on_matrices_only():
+    model = LM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, n_kv_head=2))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert "embed.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert "head.weight" in {names[id(p)] for p in decay["params"]}
+    assert all("norm" in names[id(p)] for p in no_decay["params"] if p.ndim == 1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(
+        p.numel() for p in model.parameters()
+    )
+    _ = torch
