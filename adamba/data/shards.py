@@ -1,0 +1,274 @@
+"""Fixed-size binary token shards plus a `manifest.jsonl` that proves what is in them.
+
+Layout of an output folder:
+    manifest.jsonl                one JSON line per shard (see `ShardInfo`)
+    shard_00000_<sha8>.bin        raw little-endian uint16 (vocab <= 65536) or uint32 tokens
+
+Every document is preceded by BOS, documents run on across shard boundaries and every shard
+but the last holds exactly `shard_tokens` tokens. Writing is crash-safe: shards go to temp
+files renamed into place, their names carry a hash prefix so they never overwrite the shards
+an older manifest points at, and the manifest itself is renamed in last. Stale shards of an
+older manifest are deleted only after the new manifest is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adamba.data.tokenizer import Tokenizer
+from adamba.errors import AdambaError
+
+MANIFEST = "manifest.jsonl"
+SHARD_RE = re.compile(r"shard_\d{5,}_[0-9a-f]{8}\.bin")
+HASH_CHUNK = 1 << 24  # bytes per read when re-hashing a shard
+
+
+@dataclass
+class ShardInfo:
+    """One manifest line. `path` is stored relative to the manifest, resolved when read."""
+
+    path: Path
+    dtype: str  # "uint16" or "uint32"
+    tokens: int
+    docs: int  # documents that start (have their BOS) in this shard
+    sha256: str
+    source: str  # provenance label given to write_shards (or the documents' common source)
+    tokenizer: str  # fingerprint of the tokenizer that made the tokens
+    bos: int = 0  # id that marks a document start (the loader aligns sequences on it)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _as_text(doc) -> tuple[str, str]:
+    if isinstance(doc, str):
+        return doc, ""
+    return doc.text, getattr(doc, "source", "") or ""
+
+
+def _batches(
+    docs: Iterable, max_chars: int = 1 << 20, max_docs: int = 1024
+) -> Iterator[list[tuple[str, str]]]:
+    """Group documents so encode_batch gets enough work to run in parallel."""
+    batch, chars = [], 0
+    for d in docs:
+        text, src = _as_text(d)
+        if not text:
+            continue
+        batch.append((text, src))
+        chars += len(text)
+        if chars >= max_chars or len(batch) >= max_docs:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _label(sources: set[str]) -> str:
+    names = sorted(sources)
+    return ",".join(names) if len(names) <= 3 else ",".join(names[:3]) + f",+{len(names) - 3} more"
+
+
+class _ShardWriter:
+    """Accumulates token arrays and writes fixed-size shards, hashing as it goes."""
+
+    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int, source: str, fp: str, bos: int):
+        self.out_dir, self.dtype, self.shard_tokens = out_dir, dtype, shard_tokens
+        self.source, self.fp, self.bos = source, fp, bos
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+        self.flushed = 0  # tokens already written
+        self.docs: list[tuple[int, str]] = []  # (end position, source) of pending documents
+        self.lines: list[dict] = []
+        self.written: list[Path] = []
+
+    def add(self, ids: np.ndarray, doc_ends: list[int], doc_sources: list[str]) -> None:
+        """`ids` holds whole documents; doc_ends are their end offsets within `ids`."""
+        base = self.flushed + self.n_pending
+        self.docs.extend((base + e, s) for e, s in zip(doc_ends, doc_sources))
+        self.pending.append(ids)
+        self.n_pending += len(ids)
+        while self.n_pending >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        chunk, rest = buf[:n], buf[n:]
+        self.pending = [rest] if len(rest) else []
+        self.n_pending = len(rest)
+        data = np.ascontiguousarray(chunk, dtype=self.dtype).tobytes()
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"shard_{len(self.lines):05d}_{digest[:8]}.bin"
+        tmp = self.out_dir / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.out_dir / name)
+        self.written.append(self.out_dir / name)
+        self.flushed += n
+        srcs = {s for _, s in self.docs if s}  # every pending document overlaps this shard
+        self.docs = [(e, s) for e, s in self.docs if e > self.flushed]
+        self.lines.append(
+            {
+                "path": name,
+                "dtype": self.dtype.name,
+                "tokens": int(len(chunk)),
+                "docs": int(np.count_nonzero(chunk == self.bos)),
+                "sha256": digest,
+                "source": self.source or _label(srcs),
+                "tokenizer": self.fp,
+                "bos": self.bos,
+            }
+        )
+
+    def finish(self) -> None:
+        if self.n_pending:
+            self._flush(self.n_pending)
+
+
+def write_shards(
+    docs: Iterable,
+    tokenizer: Tokenizer,
+    out_dir: str | Path,
+    shard_tokens: int = 1 << 22,
+    source: str = "",
+    append_bos: bool = True,
+) -> Path:
+    """Tokenise `docs` (str or Document) into shards under `out_dir`; returns the manifest path.
+
+    `append_bos` puts BOS before every document (turn it off only for data that already
+    carries its own document markers). Raises AdambaError when no tokens came out.
+    """
+    if shard_tokens < 1:
+        raise AdambaError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    w = _ShardWriter(out, dtype, shard_tokens, source, tokenizer.fingerprint(), tokenizer.bos_id)
+    bos = np.array([tokenizer.bos_id], dtype=dtype)
+    try:
+        for batch in _batches(docs):
+            encoded = tokenizer.encode_batch([t for t, _ in batch])
+            parts, ends, srcs, n = [], [], [], 0
+            for ids, (_, src) in zip(encoded, batch):
+                if not ids:
+                    continue
+                if append_bos:
+                    parts.append(bos)
+                parts.append(np.asarray(ids, dtype=dtype))
+                n += len(ids) + append_bos
+                ends.append(n)
+                srcs.append(src)
+            if parts:
+                w.add(np.concatenate(parts), ends, srcs)
+        w.finish()
+    except BaseException:
+        for p in w.written:  # never leave orphans from a failed run
+            p.unlink(missing_ok=True)
+        raise
+    if not w.lines:
+        raise AdambaError(f"no usable text: nothing to tokenise for {out} (every document was empty)")
+    manifest = out / MANIFEST
+    tmp = out / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in w.lines:
+            f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(manifest)
+    keep = {line["path"] for line in w.lines}
+    for p in out.iterdir():  # shards of an older manifest in the same folder
+        if SHARD_RE.fullmatch(p.name) and p.name not in keep:
+            p.unlink(missing_ok=True)
+    return manifest
+
+
+def manifest_path(path: str | Path) -> Path:
+    """The manifest.jsonl for a manifest file or a folder holding one; AdambaError if absent."""
+    p = Path(path)
+    m = p / MANIFEST if p.is_dir() else p
+    if not m.is_file():
+        raise AdambaError(f"manifest not found: {m} (make one with `adamba data shards`)")
+    return m
+
+
+def read_manifest(path: str | Path) -> list[ShardInfo]:
+    """Shards listed in a manifest (file or folder), with paths resolved next to it."""
+    m = manifest_path(path)
+    shards = []
+    fields = set(ShardInfo.__dataclass_fields__)
+    for n, line in enumerate(m.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            d = {k: v for k, v in d.items() if k in fields}
+            d["path"] = (m.parent / d["path"]).resolve()
+            shards.append(ShardInfo(**d))
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise AdambaError(
+                f"{m}:{n} is not a valid manifest line ({e}); rewrite it with `adamba data shards`"
+            ) from None
+    if not shards:
+        raise AdambaError(f"manifest {m} lists no shards")
+    return shards
+
+
+def load_tokens(shard: ShardInfo) -> np.ndarray:
+    """The shard's tokens as a read-only memory map (nothing is read until sliced)."""
+    p = Path(shard.path)
+    if not p.is_file():
+        raise AdambaError(f"shard missing: {p} (listed in its manifest; re-run `adamba data shards`)")
+    itemsize = np.dtype(shard.dtype).itemsize
+    size = p.stat().st_size
+    if size != shard.tokens * itemsize:
+        raise AdambaError(
+            f"shard {p} has {size} bytes but its manifest says {shard.tokens} {shard.dtype} tokens; "
+            "the file is truncated or replaced (run `adamba data verify`)"
+        )
+    return np.memmap(p, dtype=shard.dtype, mode="r", shape=(shard.tokens,))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_shard(shard: ShardInfo, rehash: bool = True) -> str | None:
+    """A one-line problem with this shard (missing, wrong size, wrong hash), or None."""
+    p = Path(shard.path)
+    if not p.is_file():
+        return f"{p}: missing"
+    want = shard.tokens * np.dtype(shard.dtype).itemsize
+    if p.stat().st_size != want:
+        return f"{p}: size {p.stat().st_size} bytes, manifest says {want}"
+    if rehash and file_sha256(p) != shard.sha256:
+        return f"{p}: sha256 mismatch (content changed since it was written)"
+    return None
+
+
+def verify(manifest: str | Path | list[ShardInfo]) -> list[str]:
+    """Re-hash every shard of a manifest; returns the problems found (empty list = all good)."""
+    shards = manifest if isinstance(manifest, list) else read_manifest(manifest)
+    return [msg for s in shards if (msg := check_shard(s)) is not None]
+
+
+def shard_dict(shard: ShardInfo) -> dict:
+    """JSON form of a ShardInfo (path as a string)."""
+    d = asdict(shard)
+    d["path"] = str(shard.path)
+    return d

@@ -1,0 +1,217 @@
+"""Byte-level BPE tokenizer (Hugging Face `tokenizers`) with special tokens at fixed ids.
+
+Why these choices:
+- byte-level: every string round-trips, no unknown token, and each ordinary token is a run of
+  raw UTF-8 bytes, so `token_bytes()` gives the exact byte count bits-per-byte needs;
+- GPT-4 (cl100k) pre-tokenisation regex: merges never cross letter/number/punctuation/space
+  boundaries, which gives better compression than GPT-2's pattern at equal vocab;
+- special tokens reserved first, at ids 0..N-1, with spare slots: chat, tool-use and reasoning
+  formats added later never shift an id, so shards and checkpoints stay valid.
+Ordinary text is encoded with specials disabled: a document that happens to contain the string
+"<|bos|>" is encoded as plain bytes and can never inject a control token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from adamba.errors import AdambaError
+
+NAMED_SPECIAL_TOKENS = [
+    "<|bos|>",
+    "<|eos|>",
+    "<|pad|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|tool_call|>",
+    "<|/tool_call|>",
+    "<|tool_result|>",
+    "<|/tool_result|>",
+    "<|think|>",
+    "<|/think|>",
+]
+N_SPECIAL = 32  # named tokens + spare slots; changing this changes every id: never do it
+SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + [
+    f"<|reserved_{i}|>" for i in range(N_SPECIAL - len(NAMED_SPECIAL_TOKENS))
+]
+BOS_ID = 0  # SPECIAL_TOKENS.index("<|bos|>"); shards and the loader rely on it
+
+# cl100k_base's split pattern (GPT-4): contractions, letter runs with one leading non-letter,
+# 1-3 digit groups, punctuation runs, newlines, spaces.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-unicode stand-in for each byte, inverted (char -> byte)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class Tokenizer:
+    """A trained byte-level BPE; see the module docstring for the design."""
+
+    def __init__(self, hf: HFTokenizer):
+        for i, name in enumerate(SPECIAL_TOKENS):
+            if hf.token_to_id(name) != i:
+                raise AdambaError(
+                    f"tokenizer has {name} at id {hf.token_to_id(name)}, expected {i}: "
+                    "not an adamba tokenizer (train one with `adamba data tokenizer`)"
+                )
+        hf.encode_special_tokens = True  # ordinary text never produces control tokens
+        self._hf = hf
+        self._special = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = False) -> Tokenizer:
+        """Train on `texts` (streamed; memory is the trainer's word counts, not the corpus)."""
+        min_vocab = N_SPECIAL + 256
+        if vocab_size < min_vocab:
+            raise AdambaError(f"vocab_size={vocab_size} is too small: use at least {min_vocab}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+            min_frequency=2,
+        )
+        usable = [0]
+
+        def counted(it: Iterable[str]) -> Iterator[str]:
+            for t in it:
+                if t and not t.isspace():
+                    usable[0] += 1
+                    yield t
+
+        hf.train_from_iterator(counted(texts), trainer)
+        if usable[0] == 0:
+            raise AdambaError("no usable text to train the tokenizer on (every text was empty)")
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load a tokenizer.json file, or the tokenizer.json inside a directory."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise AdambaError(f"tokenizer not found: {p} (train one with `adamba data tokenizer`)")
+        try:
+            hf = HFTokenizer.from_file(str(p))
+        except Exception as e:  # the library raises a bare Exception on bad JSON
+            raise AdambaError(f"{p} is not a valid tokenizer.json ({str(e).splitlines()[0][:120]})") from None
+        return cls(hf)
+
+    def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json (to `path`, or into `path` if it is a directory); atomic."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(self._hf.to_str(pretty=False), encoding="utf-8")
+        tmp.replace(p)
+        return p
+
+    # ---- use ------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ordinary text; no BOS/EOS added."""
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """encode() for many texts at once (parallel inside the Rust library)."""
+        return [e.ids for e in self._hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; special tokens are rendered by name (e.g. "<|bos|>")."""
+        return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def special_id(self, name: str) -> int:
+        """Id of a special token, by full name ("<|user|>") or bare name ("user")."""
+        key = name if name.startswith("<|") else f"<|{name}|>"
+        if key not in self._special:
+            raise AdambaError(f"unknown special token {name!r}; known: {', '.join(NAMED_SPECIAL_TOKENS)}")
+        return self._special[key]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._special["<|bos|>"]
+
+    @property
+    def eos_id(self) -> int:
+        return self._special["<|eos|>"]
+
+    @property
+    def pad_id(self) -> int:
+        return self._special["<|pad|>"]
+
+    @property
+    def hf(self) -> HFTokenizer:
+        """The wrapped `tokenizers.Tokenizer` (for benchmarks and advanced use)."""
+        return self._hf
+
+    def fingerprint(self) -> str:
+        """sha256 over what decides the ids (vocab, merges, specials, pre-tokenizer).
+
+        Computed from a canonical JSON form, so it is stable across save/load and formatting;
+        shards record it and the loader refuses shards made by a different tokenizer.
+        """
+        d = json.loads(self._hf.to_str())
+        model = d["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        canon = {
+            "vocab": sorted(model["vocab"].items(), key=lambda kv: kv[1]),
+            "merges": merges,
+            "added": sorted((t["id"], t["content"]) for t in d.get("added_tokens", [])),
+            "pre_tokenizer": d.get("pre_tokenizer"),
+        }
+        blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 byte length of every token id (0 for special tokens), for bits per byte."""
+        dec = _byte_decoder()
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for tok, i in self._hf.get_vocab(with_added_tokens=False).items():
+            if all(c in dec for c in tok):
+                out[i] = len(tok)  # one stand-in character per raw byte
+            else:
+                out[i] = len(self._hf.decode([i]).encode("utf-8"))
+        for i in self._special.values():
+            out[i] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()[:12]})"
