@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         loader.load_state_dict(ckpt.state["loader"])
         ck.set_rng_state(tstate["rng"])
         start = ckpt.state["step"]
-        total = ckpt.state.get("max_steps", total)
+        if ckpt.state.get("max_steps_config", total) == total:  # keep a budget-derived length
+            total = ckpt.state.get("max_steps", total)  # else: the user extended or shortened the run
         tokens_seen = ckpt.state.get("tokens_seen", 0)
         elapsed_prev = ckpt.state.get("elapsed_s", 0.0)
 
@@ -137,10 +139,11 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         batches = (next(val_loader) for _ in range(cfg.train.eval_batches))
         return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
 
-    def save(step: int, elapsed: float) -> None:
+    def save(step: int, elapsed: float, loader_state: dict) -> None:
         state = {
-            "loader": loader.state_dict(),
+            "loader": loader_state,
             "max_steps": total,
+            "max_steps_config": cfg.train.max_steps,
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
         }
@@ -153,6 +156,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     val = None
     step = start
     model.train()
+    loader_state = loader.state_dict()  # position at the start of the current step
     try:
         while step < total:
             if not budget_fixed and step - start == 1:
@@ -211,8 +215,16 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                     row.update(val_loss=val["loss"], val_bpb=val["bpb"])
             metrics.write(row)
             display.update(step, total, loss_acc, lr, tok_s, f" val_bpb {val['bpb']:.3f}" if val else "")
+            loader_state = loader.state_dict()
             if step == total or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0):
-                save(step, elapsed)
+                save(step, elapsed, loader_state)
+    except KeyboardInterrupt:
+        # keep the finished steps: checkpoint them (the step in flight is redone on --resume)
+        if step > start:
+            display.close()
+            save(step, elapsed_prev + time.time() - t0, loader_state)
+            print(f"interrupted: checkpoint saved at step {step}; continue with --resume", file=sys.stderr)
+        raise
     finally:
         display.close()
         metrics.close()

@@ -1,0 +1,103 @@
+"""Bad input gets one clear line, no traceback, exit code 2, and nothing half-written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from adamba.config import load_config
+from adamba.train import trainer
+from tests.helpers import make_tiny_data, tiny_overrides
+
+
+def adamba(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "adamba", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_clean_error(res, *needles):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_tiny_data(root / "data")
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, root / "run", steps=4)))
+    return root
+
+
+def test_unknown_config_key(tmp_path):
+    res = adamba("train", "--config", "tiny-cpu", "--set", "model.n_layr=2", "--out", str(tmp_path / "o"))
+    assert_clean_error(res, "model.n_layr", "n_layer")
+    assert not (tmp_path / "o").exists()
+
+
+def test_wrong_value_type(tmp_path):
+    res = adamba(
+        "train", "--config", "tiny-cpu", "--set", "train.batch_size=big", "--out", str(tmp_path / "o")
+    )
+    assert_clean_error(res, "train.batch_size", "integer")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_path(tmp_path):
+    res = adamba(
+        "quickstart", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), "--no-progress"
+    )
+    assert_clean_error(res, "missing.txt")
+    assert not (tmp_path / "o").exists()
+
+
+def test_corpus_without_usable_text(tmp_path):
+    (tmp_path / "empty.txt").write_text("   \n\n")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    res = adamba(
+        "quickstart",
+        "--data",
+        str(tmp_path / "empty.txt"),
+        "--data",
+        str(tmp_path / "blob.bin"),
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
+    assert_clean_error(res, "no usable text")
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_dir_without_weights(tmp_path):
+    (tmp_path / "ck").mkdir()
+    res = adamba("sample", "--ckpt", str(tmp_path / "ck"), "--prompt", "x")
+    assert_clean_error(res, "no model weights", "ck")
+
+
+def test_tokenizer_vocab_mismatch(run_dir, tmp_path):
+    other = make_tiny_data(tmp_path, vocab_size=360)
+    res = adamba("sample", "--ckpt", str(run_dir / "run"), "--tokenizer", other["tokenizer"], "--prompt", "x")
+    assert_clean_error(res, "360 tokens", "400")
+
+
+def test_sample_and_eval_work(run_dir):
+    res = adamba(
+        "sample",
+        "--ckpt",
+        str(run_dir / "run"),
+        "--prompt",
+        "def ",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("def ")
+    res = adamba("eval", "--ckpt", str(run_dir / "run"), "--tasks", "bpb", "--batches", "2")
+    assert res.returncode == 0, res.stderr
+    assert "bits/byte" in res.stdout

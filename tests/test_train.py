@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+from adamba.config import load_config
+from adamba.errors import AdambaError
+from adamba.train import checkpoint as ck
+from adamba.train import trainer
+from adamba.train.monitor import read_metrics
+from tests.helpers import make_tiny_data, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_training_reduces_loss_and_writes_run(data, tmp_path):
+    res = trainer.run(load_config("tiny-cpu", tiny_overrides(data, tmp_path / "r", steps=12)))
+    rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    assert "val_bpb" in rows[3] and res.val["bpb"] > 0
+    ckpt = ck.read_checkpoint(tmp_path / "r")
+    assert ckpt.state["step"] == 12 and (ckpt.path / "model.safetensors").is_file()
+
+
+def test_resume_is_exact(data, tmp_path, monkeypatch):
+    """2N steps in one go == N steps, an interruption, then --resume for N more."""
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, tmp_path / "a", steps=8)))
+
+    from adamba.data.loader import TokenLoader
+
+    real_next = TokenLoader.__next__
+    calls = {"n": 0}
+
+    def flaky_next(self):
+        calls["n"] += 1
+        if calls["n"] == 6:  # training batch of step 6: interrupt mid-run
+            raise KeyboardInterrupt
+        return real_next(self)
+
+    monkeypatch.setattr(TokenLoader, "__next__", flaky_next)
+    cfg_b = load_config("tiny-cpu", tiny_overrides(data, tmp_path / "b", steps=8) + ["train.eval_every=0"])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(cfg_b)
+    monkeypatch.setattr(TokenLoader, "__next__", real_next)
+    assert ck.read_checkpoint(tmp_path / "b").state["step"] == 5
+    cfg_b = load_config("tiny-cpu", tiny_overrides(data, tmp_path / "b", steps=8) + ["train.eval_every=0"])
+    trainer.run(cfg_b, resume=True)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [s for s, _ in b] == list(range(1, 9))
+    assert a == b  # bit-identical losses at every step
+
+
+def test_fault_between_write_and_rename_keeps_previous_checkpoint(data, tmp_path, monkeypatch):
+    run_dir = tmp_path / "r"
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=4)))
+    before = ck.read_checkpoint(run_dir)
+    weights_before = (before.path / "model.safetensors").read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(ck, "_commit", crash)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=8)), resume=True)
+    after = ck.read_checkpoint(run_dir)
+    assert after.path == before.path and after.state["step"] == 4
+    assert (after.path / "model.safetensors").read_bytes() == weights_before
+    from adamba.model.lm import LM
+
+    model = LM(after.cfg.model)
+    ck.load_weights(model, after)  # loadable
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+def test_fault_before_latest_update(data, tmp_path, monkeypatch):
+    """A crash after the folder rename but before LATEST moves still resolves to the old step."""
+    run_dir = tmp_path / "r"
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=4)))
+    real_replace = ck.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("LATEST"):
+            raise OSError("simulated crash before LATEST")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", replace)
+    with pytest.raises(OSError):
+        trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=8)), resume=True)
+    assert ck.read_checkpoint(run_dir).state["step"] == 4
+
+
+def test_resume_rejects_other_tokenizer(data, tmp_path):
+    from tests.helpers import make_tiny_data
+
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, tmp_path / "r", steps=4)))
+    other = make_tiny_data(tmp_path / "other", vocab_size=360)
+    over = tiny_overrides(data, tmp_path / "r", steps=8) + [f"data.tokenizer={other['tokenizer']}"]
+    with pytest.raises(AdambaError, match="360 tokens.*trained with 400"):
+        trainer.run(load_config("tiny-cpu", over), resume=True)
+
+
+def test_missing_manifest_writes_nothing(data, tmp_path):
+    over = tiny_overrides(data, tmp_path / "r") + [f"data.train={tmp_path / 'nope' / 'manifest.jsonl'}"]
+    with pytest.raises(AdambaError, match="nope"):
+        trainer.run(load_config("tiny-cpu", over))
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_config_roundtrip(data, tmp_path):
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, tmp_path / "r", steps=4)))
+    ckpt = ck.read_checkpoint(tmp_path / "r")
+    saved = json.loads((ckpt.path / "config.json").read_text())
+    assert saved["model"]["d_model"] == 32 and ckpt.cfg.model.n_layer == 2
+    assert torch.load(ckpt.path / "trainer.pt", weights_only=False)["optimizer"]["state"]
