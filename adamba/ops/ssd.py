@@ -1,0 +1,147 @@
+"""Mamba2's state-space duality (SSD) in pure PyTorch: chunked scan, naive recurrence, one step.
+
+The recurrence, per head (state h_t is [head_dim, d_state]):
+
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * x_t B_t^T,        y_t = h_t C_t
+
+`ssd_chunked` computes the same thing with matrix multiplies: inside a chunk of Q tokens the
+output is a masked "attention" (C_i . B_j) * exp(sum of dt*A over (j, i]) applied to dt*x; across
+chunks only the [head_dim, d_state] states travel, passed with one small matrix product over chunk
+indices. Every exponent is a sum of non-positive terms, and the masked positions are set to -inf
+*before* exp, so neither values nor gradients overflow however strong the decay is.
+
+B and C have `groups` heads' worth of channels; head i reads group i // (heads // groups), as in
+mamba-ssm. Inputs in bf16/fp16 are computed in fp32 (fp64 stays fp64) and y is cast back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def segsum(a: Tensor) -> Tensor:
+    """[..., Q] -> [..., Q, Q] with out[i, j] = a[j+1] + ... + a[i] for j <= i and -inf above the
+    diagonal. Summed directly (not as a difference of two long cumsums), so it stays exact when
+    the cumulative decay is large; -inf is placed before exp so exp() gives exact zeros there."""
+    Q = a.shape[-1]
+    strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
+    out = a[..., :, None].expand(*a.shape, Q).masked_fill(~strict, 0).cumsum(-2)
+    return out.masked_fill(~strict.logical_or(torch.eye(Q, dtype=torch.bool, device=a.device)), -torch.inf)
+
+
+def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int, int]:
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    if dt.shape != (b, l, h) or A.shape != (h,) or B.shape != (b, l, g, n) or C.shape != B.shape:
+        raise ValueError(
+            f"ssd: shapes x{tuple(x.shape)} dt{tuple(dt.shape)} A{tuple(A.shape)} B{tuple(B.shape)} "
+            f"C{tuple(C.shape)} do not match x[b,l,h,p] dt[b,l,h] A[h] B,C[b,l,g,n]"
+        )
+    if h % g:
+        raise ValueError(f"ssd: heads={h} must be a multiple of groups={g}")
+    return b, l, h, p, g, n
+
+
+def ssd_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chunked SSD scan. x [b,l,h,p], dt [b,l,h] (after softplus), A [h] (< 0), B, C [b,l,g,n],
+    initial_state [b,h,p,n] or None. Returns y [b,l,h,p] (x's dtype) and the final state
+    [b,h,p,n] (fp32, or fp64 for fp64 inputs)."""
+    b, l, h, p, g, n = _check(x, dt, A, B, C)
+    out_dtype, cdt = x.dtype, _compute_dtype(x.dtype)
+    r = h // g
+    if l == 0:
+        state = x.new_zeros(b, h, p, n, dtype=cdt) if initial_state is None else initial_state.to(cdt)
+        return x.new_zeros(b, 0, h, p), state
+    # autocast would push the matmuls below back to bf16; the scan wants its compute dtype
+    with torch.autocast(x.device.type, enabled=False):
+        x, dt, A, B, C = (t.to(cdt) for t in (x, dt, A, B, C))
+        Q = min(chunk_size, l)
+        pad = -l % Q
+        if pad:  # dt = 0 on padding: decay exp(0) = 1 and input 0, so the final state is untouched
+            x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+            dt = F.pad(dt, (0, 0, 0, pad))
+        c = (l + pad) // Q
+        # Layouts: heads split as (g, r); the time axis as (c chunks, Q positions).
+        xdt = (x * dt[..., None]).view(b, c, Q, g, r, p).permute(0, 3, 1, 2, 4, 5)  # [b,g,c,Q,r,p]
+        Bc = B.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)  # [b,g,c,Q,n]
+        Cc = C.view(b, c, Q, g, n).permute(0, 3, 1, 2, 4)
+        dA = (dt * A).view(b, c, Q, g, r).permute(0, 3, 1, 4, 2)  # [b,g,c,r,Q]
+        Acs = dA.cumsum(-1)
+
+        # 1. within each chunk: y_i += sum_{j<=i} (C_i . B_j) exp(dA_(j, i]) dt_j x_j
+        #    C B^T is shared by the r heads of a group; only the decay mask is per head.
+        CB = Cc @ Bc.transpose(-1, -2)  # [b,g,c,Q,Q]
+        M = CB[:, :, :, None] * torch.exp(segsum(dA))  # [b,g,c,r,Q,Q]
+        y_diag = M @ xdt.transpose(3, 4)  # [b,g,c,r,Q,p]
+
+        # 2. each chunk's own contribution to the state at its end: sum_j exp(dA_(j, end]) dt_j x_j B_j^T
+        decay_to_end = torch.exp(Acs[..., -1:] - Acs).transpose(-1, -2)  # [b,g,c,Q,r]
+        xw = (xdt * decay_to_end[..., None]).reshape(b, g, c, Q, r * p)
+        chunk_states = xw.transpose(-1, -2) @ Bc  # [b,g,c,(r p),n]
+
+        # 3. pass states across chunks: start[k] = sum_{z<=k} exp(decay of chunks z..k-1) in[z],
+        #    with in = [initial state, chunk 0, ..., chunk c-1]; start[c] is the final state.
+        states_in = chunk_states.view(b, g, c, r, p * n).permute(0, 1, 3, 2, 4)  # [b,g,r,c,pn]
+        init = (
+            initial_state.to(cdt).reshape(b, g, r, 1, p * n)
+            if initial_state is not None
+            else states_in.new_zeros(b, g, r, 1, p * n)
+        )
+        states_in = torch.cat([init, states_in], dim=3)
+        chunk_decay = torch.exp(segsum(F.pad(Acs[..., -1].transpose(-1, -2), (1, 0))))  # [b,g,r,c+1,c+1]
+        starts = chunk_decay @ states_in  # [b,g,r,c+1,pn]
+        final = starts[:, :, :, -1].reshape(b, h, p, n)
+
+        # 4. contribution of the state entering each chunk: y_i += exp(dA_[start, i]) C_i h_start
+        h_start = starts[:, :, :, :-1].reshape(b, g, r, c, p, n).permute(0, 1, 3, 5, 2, 4)  # [b,g,c,n,r,p]
+        y_off = Cc @ h_start.reshape(b, g, c, n, r * p)  # [b,g,c,Q,(r p)]
+        y_off = y_off.view(b, g, c, Q, r, p) * torch.exp(Acs).transpose(-1, -2)[..., None]
+
+        y = y_off + y_diag.transpose(3, 4)  # [b,g,c,Q,r,p]
+        y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c * Q, h, p)[:, :l]
+    return y.to(out_dtype), final
+
+
+def ssd_step(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    """One token: x [b,h,p], dt [b,h], A [h], B, C [b,g,n], state [b,h,p,n] (not modified).
+    Returns y [b,h,p] (x's dtype) and the new state (compute dtype)."""
+    b, h, p = x.shape
+    g, n = B.shape[-2:]
+    out_dtype, cdt = x.dtype, _compute_dtype(torch.promote_types(x.dtype, state.dtype))
+    x, dt, A, B, C, state = (t.to(cdt) for t in (x, dt, A, B, C, state))
+    r = h // g
+    decay = torch.exp(dt * A).view(b, g, r, 1, 1)
+    xdt = (x * dt[..., None]).view(b, g, r, p, 1)
+    new = state.view(b, g, r, p, n) * decay + xdt * B.view(b, g, 1, 1, n)
+    y = new @ C.view(b, g, 1, n, 1)  # [b,g,r,p,1]
+    return y.reshape(b, h, p).to(out_dtype), new.view(b, h, p, n)
+
+
+def ssd_recurrent(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Step-by-step reference (one `ssd_step` per token): the definition the chunked form must match."""
+    b, l, h, p, g, n = _check(x, dt, A, B, C)
+    cdt = _compute_dtype(x.dtype)
+    state = x.new_zeros(b, h, p, n, dtype=cdt) if initial_state is None else initial_state.to(cdt)
+    ys = []
+    for t in range(l):
+        y, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state)
+        ys.append(y)
+    y = torch.stack(ys, dim=1) if ys else x.new_zeros(b, 0, h, p, dtype=cdt)
+    return y.to(x.dtype), state
