@@ -139,6 +139,36 @@ class TrainConfig:
 
 
 @dataclass
+class ElasticConfig:
+    """Matryoshka widths + early exit (adamba/model/elastic.py; ARCHITECTURE.md section 3)."""
+
+    enabled: bool = False  # train with sandwich width sampling + gate/predictor heads (per phase)
+    widths: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])  # fractions of full
+    sandwich: bool = True  # per step: full + smallest + one random middle width (else full only)
+    exit_threshold: float = 0.95  # gate probability above which a token exits early (auto mode)
+    expand_threshold: float = 0.5  # gate probability below which the last layers run at full width
+    expand_layers: int = 2  # the last N layers where expansion may switch to full width
+    gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
+    gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
+    predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
+    predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
+    predictor_tol: float = 0.05  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
+
+    def validate(self) -> None:
+        if not self.widths or any(not (0.0 < w <= 1.0) for w in self.widths) or 1.0 not in self.widths:
+            raise AdambaError(
+                f"elastic.widths={self.widths}: use fractions in (0, 1] that include 1.0, e.g. [0.125, 0.25, 0.5, 1.0]"
+            )
+        self.widths = sorted(set(float(w) for w in self.widths))
+        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
+        if self.expand_layers < 0:
+            raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs/run"
@@ -151,10 +181,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
 
     def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
+        self.elastic.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -40,10 +40,14 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn == "mlp" else None
         self.mlp = MLP(cfg) if ffn == "mlp" else None
 
-    def forward(self, x: torch.Tensor, state=None) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), state)
+    def forward(self, x: torch.Tensor, state=None, width: float = 1.0) -> torch.Tensor:
+        """width < 1: Matryoshka sub-layer (attention heads + MLP units); M/K mixers stay full."""
+        if width < 1.0 and self.kind == "A":
+            x = x + self.mixer(self.norm1(x), state, width)
+        else:
+            x = x + self.mixer(self.norm1(x), state)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = x + (self.mlp(self.norm2(x), width) if width < 1.0 else self.mlp(self.norm2(x)))
         return x
 
 
@@ -90,17 +94,25 @@ class LM(nn.Module):
         device, dtype = device or p.device, dtype or p.dtype
         return [b.mixer.init_state(batch, device, dtype) for b in self.blocks]
 
-    def hidden(self, idx: torch.Tensor, state: list | None = None) -> torch.Tensor:
+    def hidden(
+        self, idx: torch.Tensor, state: list | None = None, widths: list[float] | None = None
+    ) -> torch.Tensor:
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if state is None else state[i])
+            st = None if state is None else state[i]
+            x = block(x, st) if widths is None else block(x, st, widths[i])
         return self.norm(x)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: list | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: list | None = None,
+        widths: list[float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (logits [B,T,V], mean cross-entropy over targets != -100, or None)."""
-        logits = self.head(self.hidden(idx, state))
+        """Returns (logits [B,T,V], mean cross-entropy over targets != -100, or None).
+        `widths`: one Matryoshka width per layer (None = full width, the plain path)."""
+        logits = self.head(self.hidden(idx, state, widths))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -81,7 +81,20 @@ class Attention(nn.Module):
             mask = mask & (k_pos > q_pos - self.window)
         return mask
 
-    def forward(self, x: torch.Tensor, state: KVState | None = None) -> torch.Tensor:
+    def heads_at(self, width: float) -> tuple[int, int]:
+        """(query heads, KV heads) kept at a Matryoshka width: the first round(w * n_head) query
+        heads (at least 1) and the KV heads their GQA groups read (query head i reads KV head
+        i // group). Prefixes at every width, so a key cached for KV head h is the same at every
+        width (see adamba/model/elastic.py)."""
+        if width >= 1.0:
+            return self.n_head, self.n_kv_head
+        group = self.n_head // self.n_kv_head
+        hq = min(self.n_head, max(1, round(width * self.n_head)))
+        return hq, -(-hq // group)
+
+    def forward(self, x: torch.Tensor, state: KVState | None = None, width: float = 1.0) -> torch.Tensor:
+        if width < 1.0:
+            return self._forward_narrow(x, state, width)
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -103,3 +116,40 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+    def _forward_narrow(self, x: torch.Tensor, state, width: float) -> torch.Tensor:
+        """Attention over the first heads only, with weight views (no copies). A cache may ask
+        for K/V of more heads than this width reads (it stores the widest width seen so far)."""
+        B, T, _ = x.shape
+        hd, group = self.head_dim, self.n_head // self.n_kv_head
+        hq, hkv = self.heads_at(width)
+        if state is None:
+            n_store = hkv
+        elif hasattr(state, "heads_for"):  # MatryoshkaKVCache
+            n_store = state.heads_for(hkv)
+        else:  # a plain KVState holds every KV head
+            n_store = self.n_kv_head
+        w = self.qkv_proj.weight
+        kq, kk = self.q_dim, self.q_dim + self.kv_dim
+        q = F.linear(x, w[: hq * hd]).view(B, T, hq, hd).transpose(1, 2)
+        k = F.linear(x, w[kq : kq + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
+        v = F.linear(x, w[kk : kk + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
+        if self.qk_norm:
+            q = F.rms_norm(q, (hd,), self.q_norm_weight, self.eps)
+            k = F.rms_norm(k, (hd,), self.k_norm_weight, self.eps)
+        offset = state.length if state is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if state is not None:
+            k, v = state.append(k, v)
+        k, v = k[:, :hkv], v[:, :hkv]
+        if hkv > 1 and hq != hkv * group:  # a partial last group: SDPA's i // (hq/hkv) map is wrong
+            k = k.repeat_interleave(group, dim=1)[:, :hq]
+            v = v.repeat_interleave(group, dim=1)[:, :hq]
+        gqa = k.shape[1] != hq
+        mask = self._mask(T, k.shape[2], x.device)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return F.linear(y.transpose(1, 2).reshape(B, T, hq * hd), self.o_proj.weight[:, : hq * hd])

@@ -17,7 +17,19 @@ class MLP(nn.Module):
             self.w_gate = nn.Linear(cfg.d_model, self.hidden, bias=False)
         self.w_down = nn.Linear(self.hidden, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def units_at(self, width: float) -> int:
+        """Hidden units kept at a Matryoshka width: the first round(w * hidden), at least 1."""
+        return self.hidden if width >= 1.0 else min(self.hidden, max(1, round(width * self.hidden)))
+
+    def forward(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+        if width < 1.0:  # first n hidden units through weight views; width 1 is the plain path
+            n = self.units_at(width)
+            up = F.linear(x, self.w_up.weight[:n])
+            if self.act == "swiglu":
+                h = F.silu(F.linear(x, self.w_gate.weight[:n])) * up
+            else:
+                h = F.relu(up).square()
+            return F.linear(h, self.w_down.weight[:, :n])
         if self.act == "swiglu":
             h = F.silu(self.w_gate(x)) * self.w_up(x)
         else:

@@ -31,6 +31,10 @@ def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, 
             f"{ckpt.cfg.model.vocab_size}; use the tokenizer the model was trained with"
         )
     model = LM(ckpt.cfg.model)
+    if ckpt.cfg.elastic.enabled:  # gate + predictor weights are part of the checkpoint
+        from adamba.model.elastic import attach_elastic
+
+        attach_elastic(model, ckpt.cfg.elastic)
     ck.load_weights(model, ckpt)
     return model.to(device).eval(), tokenizer, ckpt
 

@@ -103,6 +103,10 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
 
     torch.manual_seed(cfg.train.seed)
     model = LM(cfg.model).to(device)
+    if cfg.elastic.enabled:  # Matryoshka training: gate + predictor heads join the model
+        from adamba.model.elastic import attach_elastic, elastic_loss
+
+        attach_elastic(model, cfg.elastic)
     optimizer = build_optimizer(model, cfg.train)
     fp = tokenizer.fingerprint()
     loader = TokenLoader(
@@ -175,9 +179,13 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 x, y = next(loader)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with amp:
-                    _, loss = model(x, y)
+                    if cfg.elastic.enabled:  # sandwich widths + gate/predictor terms
+                        loss, lm_loss = elastic_loss(model, x, y, cfg.elastic)
+                    else:
+                        _, loss = model(x, y)
+                        lm_loss = loss
                 (loss / cfg.train.grad_accum).backward()
-                loss_acc += float(loss.detach()) / cfg.train.grad_accum
+                loss_acc += float(lm_loss.detach()) / cfg.train.grad_accum  # logged: full-width LM loss
             gnorm = float(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
             )

@@ -1,0 +1,426 @@
+"""Elastic compute: Matryoshka widths, sandwich training, ConfidenceGate early exit and
+expansion, LayerDimPredictor, compute modes and per-token FLOPs accounting.
+
+Width scheme (exact sub-networks). A width w from `elastic.widths` keeps, in every attention
+layer, the first hq = round(w * n_head) query heads (at least one) and the KV heads those heads
+read in GQA order (query head i reads KV head i // group, so the first ceil(hq / group) KV
+heads); in every MLP the first round(w * hidden) units. The weights are sliced views (F.linear on
+row/column slices), the residual stream stays full width, the output projection reads the
+matching input-column slice. Mamba2/KDA mixers stay full width. Width 1.0 takes the plain code
+path, bit for bit. A key of KV head h is the same at every width, so one cache serves all widths
+(adamba/model/cache.py).
+
+Training (`elastic_loss`, used by the trainer when `elastic.enabled`): per step the full width,
+the smallest and one random middle width (the "sandwich" rule), each with its own mean LM loss;
+the LM loss is their average. Two small heads learn from the same passes, on detached inputs,
+so their losses cannot move the LM weights:
+  * ConfidenceGate, one Linear per layer (except the last): BCE against "the final norm + LM
+    head applied to this layer's hidden state gives the same argmax as the full-width model's
+    final layer", per token, padding (-100) masked, on a random `gate_token_frac` of positions
+    (each scored position costs one LM-head matmul per layer).
+  * LayerDimPredictor, a 2-layer MLP on the mean (over non-padding positions) of the full-width
+    hidden state after `predictor_layer` layers, emitting for every later layer and every width
+    the probability that the width is good enough. Target, per example and per sampled width w:
+    1 if the example's mean loss at uniform width w is <= (1 + predictor_tol) x its full-width
+    loss. The cheapest width schedule within the tolerance is then read off as, per layer, the
+    smallest width predicted good. The target is a uniform-width schedule (all layers share it);
+    per-layer outputs let the head specialise, but per-layer targets would need L x W passes.
+
+Inference (`ElasticRunner`): prompt prefill at the mode's widths (no exit), then one token at a
+time. auto: the predictor picks per-layer widths once from the prompt (layers before
+`predictor_layer` run full); after each layer the gate g is read: g > exit_threshold exits the
+token (final norm + head on this hidden state); g < expand_threshold at a layer inside the last
+`expand_layers` switches the remaining layers to full width. Skipped layers' KV (CALM-style):
+an exited token's hidden state is copied forward as the input of every skipped layer, which
+computes and caches only its K/V from it (M/K layers advance their state on it), so later tokens
+find an entry at every layer. Fixed modes (ghost / whisper / normal / think) run one width in
+every layer and never exit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adamba.config import ElasticConfig, ModelConfig
+from adamba.errors import AdambaError
+from adamba.model.cache import MatryoshkaKVCache
+
+MODES = ("ghost", "whisper", "normal", "think", "auto")
+MODE_FRACTION = {"whisper": 0.25, "normal": 0.5, "think": 1.0}  # ghost = the smallest width
+
+
+def check_width(width: float, ecfg: ElasticConfig) -> float:
+    if not any(abs(width - w) < 1e-9 for w in ecfg.widths):
+        raise AdambaError(f"width {width} is not a configured width; elastic.widths = {ecfg.widths}")
+    return float(width)
+
+
+def mode_width(mode: str, ecfg: ElasticConfig) -> float:
+    """The fixed width of a mode: ghost = smallest, else the configured width nearest its fraction."""
+    if mode not in MODES:
+        raise AdambaError(f"unknown compute mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "ghost":
+        return min(ecfg.widths)
+    if mode == "auto":
+        raise AdambaError("mode 'auto' has no fixed width (the predictor chooses per prompt)")
+    frac = MODE_FRACTION[mode]
+    return min(ecfg.widths, key=lambda w: (abs(math.log(w / frac)), -w))
+
+
+def require_elastic(ecfg: ElasticConfig, what: str = "a compute mode") -> None:
+    if not ecfg.enabled:
+        raise AdambaError(
+            f"{what} needs a checkpoint trained with Matryoshka widths (elastic.enabled=true); "
+            "this one was trained dense: drop --mode or retrain with --set elastic.enabled=true"
+        )
+
+
+class ElasticHeads(nn.Module):
+    """The ConfidenceGate (one Linear(d, 1) per layer but the last) and the LayerDimPredictor."""
+
+    def __init__(self, mcfg: ModelConfig, ecfg: ElasticConfig):
+        super().__init__()
+        d, L, W = mcfg.d_model, mcfg.n_layer, len(ecfg.widths)
+        self.widths = list(ecfg.widths)
+        self.gates = nn.ModuleList(nn.Linear(d, 1) for _ in range(L - 1))
+        self.predictor = nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, L * W))
+        self.n_layer, self.n_widths = L, W
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def gate_logit(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        return self.gates[layer](F.rms_norm(h, (h.shape[-1],))).squeeze(-1)
+
+    def predictor_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, d] -> [B, n_layer, n_widths] logits of 'this width is good enough here'."""
+        out = self.predictor(F.rms_norm(pooled, (pooled.shape[-1],)))
+        return out.view(-1, self.n_layer, self.n_widths)
+
+
+def attach_elastic(model: nn.Module, ecfg: ElasticConfig) -> nn.Module:
+    """Give an LM its gate + predictor heads (their weights live in the checkpoint as elastic.*)."""
+    model.elastic = ElasticHeads(model.cfg, ecfg).to(next(model.parameters()).device)
+    return model
+
+
+def run_layers(model, idx: torch.Tensor, widths: list[float], keep: bool = False):
+    """Embedding + blocks at per-layer widths; (final hidden, per-layer hiddens if keep)."""
+    x = model.embed(idx)
+    hs = []
+    for block, w in zip(model.blocks, widths):
+        x = block(x, None, w)
+        if keep:
+            hs.append(x)
+    return x, hs
+
+
+def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
+    """The training loss of one step: (total loss to backprop, full-width LM loss for logging).
+
+    Random choices (middle width, scored gate positions) use the global torch RNG, which the
+    trainer checkpoints, so resumed runs stay exact."""
+    ws = ecfg.widths
+    sample = [1.0]
+    if ecfg.sandwich and len(ws) > 1:
+        sample.append(ws[0])
+        mid = ws[1:-1]
+        if mid:
+            sample.append(mid[int(torch.randint(len(mid), (1,)))])
+    L = len(model.blocks)
+    valid = y != -100
+    n_valid = valid.sum(1).clamp(min=1)
+    heads: ElasticHeads = model.elastic
+    lm_terms, per_example, full_ce = [], {}, None
+    gate_terms = []
+    full_argmax, full_hs = None, None
+    for w in sample:
+        h, hs = run_layers(model, x, [w] * L, keep=True)
+        logits = model.head(model.norm(h))
+        ce = F.cross_entropy(
+            logits.float().view(-1, logits.shape[-1]), y.view(-1), ignore_index=-100, reduction="none"
+        ).view(y.shape)
+        lm_terms.append(ce.sum() / valid.sum().clamp(min=1))
+        per_example[w] = (ce.detach().sum(1) / n_valid).float()
+        if w == 1.0:
+            full_ce = lm_terms[-1]
+            full_argmax = logits.detach().argmax(-1)
+            full_hs = hs
+        # gate targets on a random subset of real (non-padding) positions
+        sel = valid & (torch.rand(y.shape, device=y.device) < ecfg.gate_token_frac)
+        if sel.any() and ecfg.gate_weight > 0:
+            tgt_arg = full_argmax[sel]
+            for li in range(L - 1):
+                hl = hs[li].detach()[sel]
+                with torch.no_grad():
+                    agree = (model.head(model.norm(hl)).argmax(-1) == tgt_arg).float()
+                gate_terms.append(F.binary_cross_entropy_with_logits(heads.gate_logit(li, hl), agree))
+    total = torch.stack(lm_terms).mean()
+    if gate_terms:
+        total = total + ecfg.gate_weight * torch.stack(gate_terms).mean()
+    if ecfg.predictor_weight > 0 and len(sample) > 1:
+        k = ecfg.predictor_layer
+        src = model.embed(x) if k == 0 else full_hs[k - 1]
+        m = valid.unsqueeze(-1).to(src.dtype)
+        pooled = ((src.detach() * m).sum(1) / m.sum(1).clamp(min=1)).float()
+        logits = heads.predictor_logits(pooled)  # [B, L, W]
+        terms = []
+        for w in sample[1:]:
+            j = ws.index(w)
+            ok = (per_example[w] <= (1.0 + ecfg.predictor_tol) * per_example[1.0]).float()
+            terms.append(F.binary_cross_entropy_with_logits(logits[:, k:, j], ok[:, None].expand(-1, L - k)))
+        if terms:
+            total = total + ecfg.predictor_weight * torch.stack(terms).mean()
+    return total, full_ce
+
+
+# ---------------------------------------------------------------- inference
+
+
+@dataclass
+class Policy:
+    """How a runner spends compute: fixed per-layer widths or the predictor, gate thresholds."""
+
+    widths: list[float] | None  # None = ask the LayerDimPredictor once per prompt
+    exit_threshold: float | None = None  # None = never exit early
+    expand_threshold: float | None = None  # None = never expand
+
+
+def mode_policy(mode: str, model, ecfg: ElasticConfig) -> Policy:
+    L = len(model.blocks)
+    if mode == "auto":
+        return Policy(None, ecfg.exit_threshold, ecfg.expand_threshold)
+    return Policy([mode_width(mode, ecfg)] * L)
+
+
+@dataclass
+class TokenStats:
+    """Per-token accounting collected by a runner."""
+
+    flops: list[float] = field(default_factory=list)
+    full_flops: list[float] = field(default_factory=list)
+    exit_layer: list[int] = field(default_factory=list)
+    expanded: list[bool] = field(default_factory=list)
+    widths: list[list[float]] = field(default_factory=list)
+
+    def summary(self, n_layer: int) -> dict:
+        n = max(1, len(self.flops))
+        hist = [0] * n_layer
+        for e in self.exit_layer:
+            hist[e] += 1
+        return {
+            "tokens": len(self.flops),
+            "flops_rel": sum(self.flops) / max(1e-9, sum(self.full_flops)),
+            "exit_rate": sum(e < n_layer - 1 for e in self.exit_layer) / n,
+            "expand_rate": sum(self.expanded) / n,
+            "exit_hist": hist,
+            "mean_width": sum(sum(w) / len(w) for w in self.widths) / n if self.widths else 1.0,
+        }
+
+
+class ElasticRunner:
+    """Batch-1 elastic decoding over one sequence: `prefill(prompt)` then `step(token)`."""
+
+    def __init__(self, model, ecfg: ElasticConfig, policy: Policy):
+        if policy.widths is not None:
+            for w in policy.widths:
+                check_width(w, ecfg)
+        for name in ("exit_threshold", "expand_threshold"):
+            v = getattr(policy, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise AdambaError(f"{name.replace('_', ' ')} {v} must lie in [0, 1]")
+        if (policy.widths is None or policy.exit_threshold is not None) and not hasattr(model, "elastic"):
+            raise AdambaError("the model has no gate/predictor heads (trained without elastic.enabled)")
+        self.model, self.ecfg, self.policy = model, ecfg, policy
+        self.L = len(model.blocks)
+        self.cfg: ModelConfig = model.cfg
+        self.stats = TokenStats()
+        self.widths: list[float] = [1.0] * self.L
+        self.state: list = []
+        self.pos = 0  # tokens seen so far
+
+    # --- FLOPs model: 2 x multiply-adds of every matmul a token runs
+    def _layer_flops(self, i: int, w: float, ctx: int) -> float:
+        block, d = self.model.blocks[i], self.cfg.d_model
+        f = 0.0
+        if block.kind == "A":
+            a = block.mixer
+            hq, _ = a.heads_at(w)
+            n_store = self.state[i].heads if self.state else a.n_kv_head
+            f += 2 * d * a.head_dim * (hq + 2 * n_store) + 4 * hq * a.head_dim * ctx + 2 * hq * a.head_dim * d
+        else:
+            f += 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+        if block.mlp is not None:
+            f += 2 * d * block.mlp.units_at(w) * (3 if block.mlp.act == "swiglu" else 2)
+        return f
+
+    def _full_flops(self, ctx: int) -> float:
+        total = 2 * self.cfg.d_model * self.cfg.vocab_size
+        for block in self.model.blocks:
+            d = self.cfg.d_model
+            if block.kind == "A":
+                a = block.mixer
+                hd, H, K = a.head_dim, a.n_head, a.n_kv_head
+                total += 2 * d * hd * (H + 2 * K) + 4 * H * hd * ctx + 2 * H * hd * d
+            else:
+                total += 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+            if block.mlp is not None:
+                total += 2 * d * block.mlp.hidden * (3 if block.mlp.act == "swiglu" else 2)
+        return total
+
+    def _new_state(self) -> list:
+        p = next(self.model.parameters())
+        out = []
+        for i, block in enumerate(self.model.blocks):
+            if block.kind == "A":
+                a = block.mixer
+                c = MatryoshkaKVCache(1, a.n_kv_head, a.head_dim, p.device, p.dtype)
+                w = self.widths[i]
+                if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
+                    w = 1.0  # expansion may widen this layer later: reserve full width now
+                c.reserve_heads(a.heads_at(w)[1])
+                out.append(c)
+            else:
+                out.append(block.mixer.init_state(1, p.device, p.dtype))
+        return out
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor) -> torch.Tensor:
+        """Run the prompt [1, T] (no exit); returns the last position's logits [1, V]."""
+        m = self.model
+        if idx.shape[0] != 1:
+            raise AdambaError("elastic decoding runs one sequence at a time (batch 1)")
+        k = self.ecfg.predictor_layer
+        if self.policy.widths is None:
+            self.widths = [1.0] * self.L
+            self.state = self._new_state_partial(k)
+            x = m.embed(idx)
+            for i in range(k):
+                x = m.blocks[i](x, self.state[i], 1.0)
+            logits = m.elastic.predictor_logits(x.float().mean(1))[0]  # [L, W]
+            ok = torch.sigmoid(logits) > 0.5
+            ws = m.elastic.widths
+            for i in range(k, self.L):
+                good = [j for j in range(len(ws)) if ok[i, j]]
+                self.widths[i] = ws[good[0]] if good else 1.0
+            self.state += self._new_state()[k:]
+            for i in range(k, self.L):
+                x = m.blocks[i](x, self.state[i], self.widths[i])
+        else:
+            self.widths = list(self.policy.widths)
+            self.state = self._new_state()
+            x = m.embed(idx)
+            for i, block in enumerate(m.blocks):
+                x = block(x, self.state[i], self.widths[i])
+        self.pos = idx.shape[1]
+        return m.head(m.norm(x))[:, -1]  # all rows, as the plain model does (same bits)
+
+    def _new_state_partial(self, k: int) -> list:
+        return self._new_state()[:k]
+
+    def _copy_forward(self, i: int, h: torch.Tensor) -> float:
+        """CALM-style KV for a skipped layer: its input is the exit hidden state h."""
+        block = self.model.blocks[i]
+        xn = block.norm1(h)
+        if block.kind != "A":
+            block.mixer(xn, self.state[i])
+            return 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+        a, cache = block.mixer, self.state[i]
+        n, hd = cache.heads, a.head_dim
+        wt = a.qkv_proj.weight
+        k = F.linear(xn, wt[a.q_dim : a.q_dim + n * hd]).view(1, -1, n, hd).transpose(1, 2)
+        v = F.linear(xn, wt[a.q_dim + a.kv_dim : a.q_dim + a.kv_dim + n * hd]).view(1, -1, n, hd).transpose(1, 2)
+        if a.qk_norm:
+            k = F.rms_norm(k, (hd,), a.k_norm_weight, a.eps)
+        if a.rotary is not None:
+            k = a.rotary(k, cache.length)
+        cache.append(k, v)
+        return 2 * self.cfg.d_model * hd * 2 * n
+
+    @torch.no_grad()
+    def step(self, tok: torch.Tensor) -> torch.Tensor:
+        """One token [1, 1] through the model under the policy; returns logits [1, V]."""
+        m, pol, L, d = self.model, self.policy, self.L, self.cfg.d_model
+        self.pos += 1
+        ctx = self.pos
+        x = m.embed(tok)
+        flops, exit_at, expanded, used = 0.0, L - 1, False, []
+        gated = pol.exit_threshold is not None or pol.expand_threshold is not None
+        for i, block in enumerate(m.blocks):
+            w = 1.0 if expanded else self.widths[i]
+            x = block(x, self.state[i], w)
+            flops += self._layer_flops(i, w, ctx)
+            used.append(w)
+            if not gated or i == L - 1 or i < self.ecfg.predictor_layer:
+                continue
+            g = float(torch.sigmoid(m.elastic.gate_logit(i, x)))
+            flops += 2 * d
+            if pol.exit_threshold is not None and g > pol.exit_threshold:
+                exit_at = i
+                for j in range(i + 1, L):
+                    flops += self._copy_forward(j, x)
+                break
+            if (
+                pol.expand_threshold is not None
+                and not expanded
+                and i + 1 >= L - self.ecfg.expand_layers
+                and g < pol.expand_threshold
+                and any(wj < 1.0 for wj in self.widths[i + 1 :])
+            ):
+                expanded = True
+        logits = m.head(m.norm(x[:, -1]))
+        flops += 2 * d * self.cfg.vocab_size
+        s = self.stats
+        s.flops.append(flops)
+        s.full_flops.append(self._full_flops(ctx))
+        s.exit_layer.append(exit_at)
+        s.expanded.append(expanded)
+        s.widths.append(used)
+        return logits
+
+    def kv_bytes(self) -> tuple[int, int]:
+        """(bytes held by the Matryoshka caches, bytes a full-width cache would hold)."""
+        caches = [c for c in self.state if isinstance(c, MatryoshkaKVCache)]
+        return sum(c.nbytes() for c in caches), sum(c.full_nbytes() for c in caches)
+
+
+def policy_from_mode(model, ecfg: ElasticConfig, mode: str) -> Policy:
+    require_elastic(ecfg)
+    return mode_policy(mode, model, ecfg)
+
+
+@torch.no_grad()
+def teacher_forced(model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.Tensor], prompt_len: int):
+    """Score each sequence's continuation token by token under a policy.
+    Returns (per-token CE in nats [N], target ids [N], argmax ids [N], stats summary, decode
+    seconds). The first continuation token is scored from the prefill (no step stats)."""
+    ces, tgts, preds = [], [], []
+    stats = TokenStats()
+    seconds = 0.0
+    for seq in seqs:
+        r = ElasticRunner(model, ecfg, policy)
+        logits = r.prefill(seq[None, :prompt_len])
+        for t in range(prompt_len, len(seq)):
+            ces.append(F.cross_entropy(logits.float(), seq[t : t + 1]))
+            preds.append(int(logits.argmax(-1)))
+            tgts.append(int(seq[t]))
+            if t + 1 < len(seq):
+                t0 = time.perf_counter()  # decode steps only: tokens/s of generation
+                logits = r.step(seq[None, t : t + 1])
+                seconds += time.perf_counter() - t0
+        for name in ("flops", "full_flops", "exit_layer", "expanded", "widths"):
+            getattr(stats, name).extend(getattr(r.stats, name))
+    return (
+        torch.stack(ces),
+        torch.tensor(tgts),
+        torch.tensor(preds),
+        stats.summary(len(model.blocks)),
+        seconds,
+    )
