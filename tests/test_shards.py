@@ -127,3 +127,10 @@ def test_rewrite_is_crash_safe(tok, tmp_path):
     listed = {s.path.name for s in read_manifest(old)}
     assert {p.name for p in tmp_path.glob("*.bin")} == listed  # stale shards cleaned up
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_parallel_workers_write_identical_shards(tok, tmp_path):
+    docs = corpus(300, seed=4)
+    one = read_manifest(write_shards(docs, tok, tmp_path / "w1", shard_tokens=1000))
+    two = read_manifest(write_shards(docs, tok, tmp_path / "w2", shard_tokens=1000, workers=2))
+    assert [s.sha256 for s in one] == [s.sha256 for s in two] and len(one) > 2

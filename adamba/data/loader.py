@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adamba.data.mixture import is_mixture_file, load_components
 from adamba.data.shards import ShardInfo, check_shard, load_tokens, manifest_path, read_manifest
 from adamba.errors import AdambaError
 
@@ -96,18 +97,29 @@ def _index(name: str, weight: float, shards: list[ShardInfo], seq_len: int, slac
     return comp
 
 
-def resolve_sources(sources: list[str] | str) -> list[tuple[str, float, list[ShardInfo]]]:
-    """(name, weight, shards) per component: a list of manifests is one component; a mixture
-    or snapshot file (adamba.data.mixture) gives one component per entry."""
+def resolve_sources(
+    sources: list[str] | str, verify: bool = True
+) -> tuple[list[tuple[str, float, list[ShardInfo]]], str, bool]:
+    """(name, weight, shards) per component, a data id, and whether the shards were already
+    checked. A list of manifests is one component; a stage TOML or snapshot JSON
+    (adamba.data.mixture) gives one component per source, and a snapshot checks its files."""
     if isinstance(sources, (str, Path)):
         sources = [str(sources)]
     if not sources:
         raise AdambaError("no data sources given: list manifest.jsonl files or shard folders")
+    mixes = [s for s in sources if is_mixture_file(s)]
+    if mixes:
+        if len(sources) > 1:
+            raise AdambaError(
+                f"give either one stage/snapshot file or manifests, not both: {', '.join(sources)}"
+            )
+        comps, data_id = load_components(mixes[0], verify=verify)
+        return comps, data_id, not data_id.startswith("stage:")  # a snapshot checked its files
     shards = []
     for s in sources:
         shards.extend(read_manifest(s))
     name = str(manifest_path(sources[0])) if len(sources) == 1 else f"{len(sources)} manifests"
-    return [(name, 1.0, shards)]
+    return [(name, 1.0, shards)], "manifests", False
 
 
 class _Sampler:
@@ -155,7 +167,13 @@ class _Sampler:
 
 
 class TokenLoader:
-    """Infinite iterator of (x, y) int64 tensors [batch_size, seq_len]; see the module docstring."""
+    """Infinite iterator of (x, y) int64 tensors [batch_size, seq_len]; see the module docstring.
+
+    `sources`: manifest files/folders (one component), or one stage TOML / snapshot JSON.
+    `verify`: re-hash every shard at open and refuse a corrupted one (a snapshot always checks
+    its files; off, only sizes are checked). `data_id` names the data for the run record: the
+    snapshot id (name@version#hash), "stage:NAME", or "manifests".
+    """
 
     def __init__(
         self,
@@ -178,16 +196,22 @@ class TokenLoader:
         self.prefetch = prefetch
         slack = seq_len // 4 if bos_slack is None else bos_slack
         comps = []
-        for name, weight, shards in resolve_sources(sources):
+        resolved, self.data_id, checked = resolve_sources(sources, verify)
+        for name, weight, shards in resolved:
             for s in shards:
                 if tokenizer_fingerprint and s.tokenizer != tokenizer_fingerprint:
                     raise AdambaError(
                         f"{name}: shard {s.path} was made by tokenizer {s.tokenizer[:12]}, not the one in use "
                         f"({tokenizer_fingerprint[:12]}); re-run `adamba data shards` with this tokenizer"
                     )
-                if verify and (problem := check_shard(s)):
+                if verify and not checked and (problem := check_shard(s)):
                     raise AdambaError(f"{name}: corrupted shard {problem}; run `adamba data verify`")
             comps.append(_index(name, weight, shards, seq_len, slack))
+        fps = {s.tokenizer for c in comps for s in c.shards}
+        if len(fps) > 1:
+            raise AdambaError(
+                f"the data mixes shards from {len(fps)} different tokenizers; re-shard with one"
+            )
         self.components = comps
         self._tokens = [[load_tokens(s) for s in c.shards] for c in comps]
         self._sampler = _Sampler(comps, seed)

@@ -14,9 +14,12 @@ older manifest are deleted only after the new manifest is in place.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing as mp
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,6 +140,51 @@ class _ShardWriter:
             self._flush(self.n_pending)
 
 
+def _encode(tokenizer, batch: list[tuple[str, str]], append_bos: bool, dtype: str):
+    """Token array of a batch of documents (BOS first when asked), their end offsets, sources."""
+    encoded = tokenizer.encode_batch([t for t, _ in batch])
+    lens = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+    keep = lens > 0
+    bos = [tokenizer.bos_id] if append_bos else []
+    flat = itertools.chain.from_iterable(bos + ids for ids in encoded if ids)
+    total = int(lens.sum()) + append_bos * int(keep.sum())
+    arr = np.fromiter(flat, dtype=dtype, count=total)
+    ends = np.cumsum(lens[keep] + append_bos).tolist()
+    srcs = [src for (_, src), k in zip(batch, keep) if k]
+    return arr, ends, srcs
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(tokenizer_json: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+    from tokenizers import Tokenizer as HFTokenizer
+
+    _WORKER["tok"] = Tokenizer(HFTokenizer.from_str(tokenizer_json))
+
+
+def _worker_encode(batch: list[tuple[str, str]], append_bos: bool, dtype: str):
+    return _encode(_WORKER["tok"], batch, append_bos, dtype)
+
+
+def _encoded_batches(docs: Iterable, tokenizer, append_bos: bool, dtype: str, workers: int):
+    """(tokens, ends, sources) per batch, in document order; `workers` > 1 uses processes."""
+    if workers <= 1:
+        for batch in _batches(docs):
+            yield _encode(tokenizer, batch, append_bos, dtype)
+        return
+    ctx = mp.get_context("spawn")  # fork after the Rust thread pool has run can deadlock
+    with ctx.Pool(workers, _worker_init, (tokenizer.hf.to_str(),)) as pool:
+        pending: deque = deque()  # bounded, so a huge corpus never piles up in memory
+        for batch in _batches(docs):
+            pending.append(pool.apply_async(_worker_encode, (batch, append_bos, dtype)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
 def write_shards(
     docs: Iterable,
     tokenizer: Tokenizer,
@@ -144,11 +192,14 @@ def write_shards(
     shard_tokens: int = 1 << 22,
     source: str = "",
     append_bos: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Tokenise `docs` (str or Document) into shards under `out_dir`; returns the manifest path.
 
     `append_bos` puts BOS before every document (turn it off only for data that already
-    carries its own document markers). Raises AdambaError when no tokens came out.
+    carries its own document markers). `workers` > 1 tokenises in that many processes (each
+    single-threaded; with 1, the library's own thread pool is used). Raises AdambaError when
+    no tokens came out.
     """
     if shard_tokens < 1:
         raise AdambaError(f"shard_tokens must be >= 1, got {shard_tokens}")
@@ -156,22 +207,10 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     w = _ShardWriter(out, dtype, shard_tokens, source, tokenizer.fingerprint(), tokenizer.bos_id)
-    bos = np.array([tokenizer.bos_id], dtype=dtype)
     try:
-        for batch in _batches(docs):
-            encoded = tokenizer.encode_batch([t for t, _ in batch])
-            parts, ends, srcs, n = [], [], [], 0
-            for ids, (_, src) in zip(encoded, batch):
-                if not ids:
-                    continue
-                if append_bos:
-                    parts.append(bos)
-                parts.append(np.asarray(ids, dtype=dtype))
-                n += len(ids) + append_bos
-                ends.append(n)
-                srcs.append(src)
-            if parts:
-                w.add(np.concatenate(parts), ends, srcs)
+        for arr, ends, srcs in _encoded_batches(docs, tokenizer, append_bos, dtype.name, workers):
+            if len(arr):
+                w.add(arr, ends, srcs)
         w.finish()
     except BaseException:
         for p in w.written:  # never leave orphans from a failed run
