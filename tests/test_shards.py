@@ -134,3 +134,14 @@ def test_parallel_workers_write_identical_shards(tok, tmp_path):
     one = read_manifest(write_shards(docs, tok, tmp_path / "w1", shard_tokens=1000))
     two = read_manifest(write_shards(docs, tok, tmp_path / "w2", shard_tokens=1000, workers=2))
     assert [s.sha256 for s in one] == [s.sha256 for s in two] and len(one) > 2
+
+
+def test_long_documents_split_without_changing_ids(tok):
+    from adamba.data.shards import split_for_encoding
+
+    seps = ["\n", "\n\n", " \n\t", "\n  ", "\r\n", "\n\n\n", ".\n", "\n-"]
+    docs = corpus(400, seed=5)
+    text = "".join(d + seps[i % len(seps)] for i, d in enumerate(docs)) + "\n\n\n   tail  \n"
+    pieces = split_for_encoding(text, piece_chars=500)
+    assert len(pieces) > 5 and "".join(pieces) == text
+    assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)

