@@ -202,10 +202,23 @@ def _encoded_batches(docs: Iterable, tokenizer, append_bos: bool, dtype: str, wo
         for batch in _batches(docs):
             yield _encode(tokenizer, batch, append_bos, dtype)
         return
-    ctx = mp.get_context("spawn")  # fork after the Rust thread pool has run can deadlock
-    with ctx.Pool(workers, _worker_init, (tokenizer.hf.to_str(),)) as pool:
+    # fork starts workers instantly with the tokenizer already loaded; TOKENIZERS_PARALLELISM
+    # is pinned to false while forking so each child runs one thread (and the library does not
+    # warn about forking after its thread pool ran). Spawn is the fallback where fork is absent.
+    fork = "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = ctx.Pool(workers, _worker_init, (tokenizer.hf.to_str(),))
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    with pool:
         pending: deque = deque()  # bounded, so a huge corpus never piles up in memory
-        for batch in _batches(docs):
+        for batch in _batches(docs, max_chars=1 << 18):  # smaller batches balance the workers
             pending.append(pool.apply_async(_worker_encode, (batch, append_bos, dtype)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
