@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
 
@@ -34,6 +35,39 @@ def segsum(a: Tensor) -> Tensor:
     strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
     out = a[..., :, None].expand(*a.shape, Q).masked_fill(~strict, 0).cumsum(-2)
     return out.masked_fill(~strict.logical_or(torch.eye(Q, dtype=torch.bool, device=a.device)), -torch.inf)
+
+
+class _DecayedScores(torch.autograd.Function):
+    """M[..., r, i, j] = (C_i . B_j) exp(dA_{j+1} + ... + dA_i) for j <= i, else 0.
+
+    The decay is masked before exp: entries above the diagonal sum nothing (exponent 0) and are
+    zeroed by the lower-triangular C B^T, so no exponent is ever positive and no inf can reach a
+    gradient. The hand-written backward needs about half the passes over these [.., Q, Q]
+    tensors that autograd's chain (expand, mask, cumsum, exp, multiply) would make, and the
+    [.., Q, Q] tensors are the bulk of the scan's memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx, CB: Tensor, dA: Tensor) -> Tensor:  # CB [b,g,c,Q,Q], dA [b,g,c,r,Q]
+        Q = dA.shape[-1]
+        strict = torch.ones(Q, Q, dtype=torch.bool, device=dA.device).tril(-1)
+        E = dA[..., :, None].expand(*dA.shape, Q).masked_fill(~strict, 0).cumsum(-2).exp_()
+        CBm = CB.tril()
+        ctx.save_for_backward(CBm, E, strict)
+        return CBm[:, :, :, None] * E
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dM: Tensor) -> tuple[Tensor, Tensor]:
+        CBm, E, strict = ctx.saved_tensors
+        T1 = dM * E
+        dCB = T1.sum(3).tril_()
+        G = T1.mul_(CBm[:, :, :, None])  # dM * M, zero above the diagonal
+        # dA_k appears in every (i, j) with j < k <= i: ddA_k = sum_{i>=k} sum_{j<k} G[i, j]
+        P = G.cumsum(-1)  # P[i, j] = sum_{j' <= j} G[i, j']
+        ddA = torch.zeros_like(P[..., 0, :])
+        ddA[..., 1:] = P[..., :, :-1].mul_(strict[:, :-1]).sum(-2)
+        return dCB, ddA
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[int, int, int, int, int, int]:
@@ -86,7 +120,7 @@ def ssd_chunked(
         # 1. within each chunk: y_i += sum_{j<=i} (C_i . B_j) exp(dA_(j, i]) dt_j x_j
         #    C B^T is shared by the r heads of a group; only the decay mask is per head.
         CB = Cc @ Bc.transpose(-1, -2)  # [b,g,c,Q,Q]
-        M = CB[:, :, :, None] * torch.exp(segsum(dA))  # [b,g,c,r,Q,Q]
+        M = _DecayedScores.apply(CB, dA)  # [b,g,c,r,Q,Q]
         y_diag = M @ xdt.transpose(3, 4)  # [b,g,c,r,Q,p]
 
         # 2. each chunk's own contribution to the state at its end: sum_j exp(dA_(j, end]) dt_j x_j B_j^T
@@ -94,21 +128,22 @@ def ssd_chunked(
         xw = (xdt * decay_to_end[..., None]).reshape(b, g, c, Q, r * p)
         chunk_states = xw.transpose(-1, -2) @ Bc  # [b,g,c,(r p),n]
 
-        # 3. pass states across chunks: start[k] = sum_{z<=k} exp(decay of chunks z..k-1) in[z],
-        #    with in = [initial state, chunk 0, ..., chunk c-1]; start[c] is the final state.
-        states_in = chunk_states.view(b, g, c, r, p * n).permute(0, 1, 3, 2, 4)  # [b,g,r,c,pn]
-        init = (
-            initial_state.to(cdt).reshape(b, g, r, 1, p * n)
-            if initial_state is not None
-            else states_in.new_zeros(b, g, r, 1, p * n)
+        # 3. pass states across chunks, h_start[k+1] = exp(chunk k's total decay) h_start[k] + chunk k's
+        #    own state. A loop over chunks costs O(c) small ops; the matrix form over chunk pairs
+        #    would cost O(c^2) and on CPU is slower already at c = 32.
+        chunk_states = chunk_states.view(b, g, c, r, p, n)
+        chunk_decay = torch.exp(Acs[..., -1])[..., None, None]  # [b,g,c,r,1,1]
+        state = (
+            x.new_zeros(b, g, r, p, n) if initial_state is None else initial_state.to(cdt).view(b, g, r, p, n)
         )
-        states_in = torch.cat([init, states_in], dim=3)
-        chunk_decay = torch.exp(segsum(F.pad(Acs[..., -1].transpose(-1, -2), (1, 0))))  # [b,g,r,c+1,c+1]
-        starts = chunk_decay @ states_in  # [b,g,r,c+1,pn]
-        final = starts[:, :, :, -1].reshape(b, h, p, n)
+        starts = []
+        for k in range(c):
+            starts.append(state)
+            state = chunk_decay[:, :, k] * state + chunk_states[:, :, k]
+        final = state.reshape(b, h, p, n)
 
         # 4. contribution of the state entering each chunk: y_i += exp(dA_[start, i]) C_i h_start
-        h_start = starts[:, :, :, :-1].reshape(b, g, r, c, p, n).permute(0, 1, 3, 5, 2, 4)  # [b,g,c,n,r,p]
+        h_start = torch.stack(starts, dim=2).permute(0, 1, 2, 5, 3, 4)  # [b,g,c,n,r,p]
         y_off = Cc @ h_start.reshape(b, g, c, n, r * p)  # [b,g,c,Q,(r p)]
         y_off = y_off.view(b, g, c, Q, r, p) * torch.exp(Acs).transpose(-1, -2)[..., None]
 
