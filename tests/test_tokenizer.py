@@ -91,3 +91,13 @@ def test_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(AdambaError, match="not a valid tokenizer.json"):
         Tokenizer.load(bad)
+
+
+def test_foreign_tokenizer_refused(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    p = tmp_path / "foreign.json"
+    HFTokenizer(models.BPE(vocab={"a": 0, "<|bos|>": 1}, merges=[])).save(str(p))
+    with pytest.raises(AdambaError, match="not an adamba tokenizer"):
+        Tokenizer.load(p)

@@ -148,7 +148,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """encode() for many texts at once (parallel inside the Rust library)."""
-        return [e.ids for e in self._hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+        fast = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # no offsets; tokenizers >= 0.21
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens are rendered by name (e.g. "<|bos|>")."""
