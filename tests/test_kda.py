@@ -1,0 +1,148 @@
+"""KDA layer: decoding equals the full pass, the decoding state does not grow, transformers'
+Kimi-Linear delta attention is the oracle, and the presets have the advertised sizes."""
+
+import pytest
+import torch
+
+from adamba.config import ModelConfig, load_config
+from adamba.model.lm import LM
+from adamba.nn.kda import KDA
+from adamba.train.optim import param_groups
+
+
+def kda_cfg(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, d_model=64, n_layer=1, n_head=4, kda_head_dim=16, pattern="K", max_seq_len=128)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def randomise(layer: KDA) -> KDA:
+    """Weights far from init (which would make several paths trivially small)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.2)
+        layer.o_norm.weight.uniform_(0.5, 1.5)
+    return layer
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def test_prefill_then_decode_equals_full_forward():
+    """Prefill 23 tokens, prefill 9 more on the non-empty state, then decode one by one."""
+    torch.manual_seed(0)
+    layer = randomise(KDA(kda_cfg(kda_chunk_size=16)))
+    x = torch.randn(2, 70, 64)
+    full = layer(x)
+    state = layer.init_state(2, x.device, x.dtype)
+    outs = [layer(x[:, :23], state), layer(x[:, 23:32], state)]
+    outs += [layer(x[:, t : t + 1], state) for t in range(32, 70)]
+    assert state.length == 70
+    assert max_err(torch.cat(outs, 1), full) < 1e-5
+
+
+@torch.no_grad()
+def test_decoding_state_does_not_grow():
+    layer = KDA(kda_cfg())
+    state = layer.init_state(1, "cpu", torch.float32)
+    before = state.nbytes()
+    layer(torch.randn(1, 40, 64), state)
+    for _ in range(5):
+        layer(torch.randn(1, 1, 64), state)
+    assert state.nbytes() == before == 4 * (3 * 64 * 3 + 4 * 16 * 16)
+
+
+def test_gate_is_a_decay_and_gradients_flow():
+    torch.manual_seed(0)
+    layer = KDA(kda_cfg())
+    x = torch.randn(2, 20, 64)
+    g = layer.forget_gate(x)
+    assert g.shape == (2, 20, 4, 16) and (g <= 0).all()
+    layer(x).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_matches_transformers_kimi_linear_delta_attention():
+    """Oracle: transformers' KimiLinearDeltaAttention (pure-torch CPU path), same state dict."""
+    try:
+        from transformers.models.kimi_linear.configuration_kimi_linear import KimiLinearConfig
+        from transformers.models.kimi_linear.modeling_kimi_linear import KimiLinearDeltaAttention
+    except ImportError:
+        pytest.skip("installed transformers has no transformers.models.kimi_linear (needs >= 5.0)")
+    cfg = kda_cfg()
+    ours = randomise(KDA(cfg)).eval()
+    hf_cfg = KimiLinearConfig(
+        hidden_size=cfg.d_model,
+        num_hidden_layers=1,
+        layer_types=["linear_attention"],
+        rms_norm_eps=cfg.norm_eps,
+        linear_attn_config={"head_dim": 16, "num_heads": 4, "short_conv_kernel_size": cfg.kda_conv},
+    )
+    hf = KimiLinearDeltaAttention(hf_cfg, 0).eval()
+    assert sorted(hf.state_dict()) == sorted(ours.state_dict())
+    hf.load_state_dict(ours.state_dict())  # strict: names and shapes match one-to-one
+    x = torch.randn(2, 100, 64)  # 100 = one full chunk of 64 + a partial one
+    with torch.no_grad():
+        a, b = ours(x), hf(x)
+    assert a.abs().max() > 0.1
+    assert max_err(a, b) < 1e-4
+
+
+@torch.no_grad()
+def test_lm_kkka_prefill_then_decode_equals_full_forward():
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=97,
+        d_model=64,
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        pattern="KKKA",
+        use_rope=False,
+        max_seq_len=64,
+    )
+    model = LM(cfg).eval()
+    assert [type(b.mixer).__name__ for b in model.blocks] == ["KDA", "KDA", "KDA", "Attention"]
+    x = torch.randint(0, 97, (2, 30))
+    full, _ = model(x)
+    state = model.init_state(2)
+    outs = [model(x[:, :11], state=state)[0]]
+    outs += [model(x[:, t : t + 1], state=state)[0] for t in range(11, 30)]
+    assert max_err(torch.cat(outs, 1), full) < 1e-5
+
+
+def test_lm_keeps_gate_inits_and_no_decay_on_time_scales():
+    """LM.reset_parameters re-inits Linear layers only: A_log and dt_bias keep their ranges; the
+    optimizer puts them (and the gated norm) in the no-decay group."""
+    model = LM(kda_cfg(n_layer=2, pattern="KA"))
+    gate = model.blocks[0].mixer.forget_gate
+    A = gate.A_log.exp()
+    dt = torch.nn.functional.softplus(gate.dt_bias)
+    assert A.min() >= 1.0 - 1e-5 and A.max() <= 16.0 + 1e-4
+    assert dt.min() >= 1e-3 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
+    no_decay = {
+        id(p) for grp in param_groups(model, 0.1) if grp["weight_decay"] == 0.0 for p in grp["params"]
+    }
+    for name, p in model.named_parameters():
+        if any(key in name for key in ("A_log", "dt_bias", "o_norm")):
+            assert id(p) in no_decay, name
+        if name.endswith(("q_proj.weight", "f_b_proj.weight")):
+            assert id(p) not in no_decay, name
+
+
+@pytest.mark.parametrize("name,lo,hi", [("kda-tiny", 6.0e6, 7.0e6), ("kda-100m", 95e6, 105e6)])
+def test_presets(name, lo, hi):
+    cfg = load_config(name).model
+    assert cfg.pattern == "KKKA" and not cfg.use_rope
+    with torch.device("meta"):
+        n = LM(cfg).num_params()
+    assert lo < n < hi
+    if name == "kda-tiny":  # same size as the dense tiny-cpu preset it is compared with
+        with torch.device("meta"):
+            dense = LM(load_config("tiny-cpu").model).num_params()
+        assert abs(n / dense - 1) < 0.03
