@@ -7,6 +7,7 @@ import torch
 from adamba.config import ModelConfig, load_config
 from adamba.model.lm import LM
 from adamba.nn.kda import KDA
+from adamba.ops import delta, dispatch
 from adamba.train.optim import param_groups
 
 
@@ -146,3 +147,36 @@ def test_presets(name, lo, hi):
         with torch.device("meta"):
             dense = LM(load_config("tiny-cpu").model).num_params()
         assert abs(n / dense - 1) < 0.03
+
+
+def _op_inputs(device="cpu", t=100):
+    gen = torch.Generator().manual_seed(7)
+    q, k = (torch.nn.functional.normalize(torch.randn(2, t, 3, 64, generator=gen), dim=-1) for _ in range(2))
+    v = torch.randn(2, t, 3, 64, generator=gen)
+    g = -torch.rand(2, t, 3, 64, generator=gen)
+    beta = torch.rand(2, t, 3, generator=gen)
+    s0 = torch.randn(2, 3, 64, 64, generator=gen)
+    return [x.to(device) for x in (q, k, v, g, beta, s0)]
+
+
+def test_dispatch_uses_reference_on_cpu():
+    q, k, v, g, beta, s0 = _op_inputs()
+    o_d, s_d = dispatch.kda_chunked(q, k, v, g, beta, initial_state=s0)
+    o_r, s_r = delta.kda_chunked(q, k, v, g, beta, initial_state=s0)
+    assert torch.equal(o_d, o_r) and torch.equal(s_d, s_r)
+    assert "fla" in dispatch.kernels_available()
+
+
+def test_dispatch_fla_kernel_matches_reference_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the fla kernel path cannot run here")
+    if not dispatch.kernels_available()["fla"]:
+        pytest.skip("flash-linear-attention (fla) is not installed")
+    q, k, v, g, beta, s0 = _op_inputs("cuda", t=300)
+    lo = [x.bfloat16() for x in (q, k, v)]
+    o_k, s_k = dispatch.kda_chunked(*lo, g, beta, initial_state=s0)
+    with dispatch.force_reference():
+        o_r, s_r = dispatch.kda_chunked(*lo, g, beta, initial_state=s0)
+    scale = o_r.float().abs().max()
+    assert (o_k.float() - o_r.float()).abs().max() / scale < 2e-2
+    assert (s_k - s_r).abs().max() / s_r.abs().max() < 2e-2

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamba.config import ModelConfig
-from adamba.ops.delta import kda_chunked, kda_step
+from adamba.ops import dispatch
+from adamba.ops.delta import kda_step
 
 
 @dataclass
@@ -144,7 +145,7 @@ class KDA(nn.Module):
             o = o.unsqueeze(1)
         else:
             init = state.recurrent if state is not None else None
-            o, final = kda_chunked(q, k, v, g, beta, initial_state=init, chunk_size=self.chunk_size)
+            o, final = dispatch.kda_chunked(q, k, v, g, beta, initial_state=init, chunk_size=self.chunk_size)
             if state is not None:
                 state.recurrent = final
         if state is not None:

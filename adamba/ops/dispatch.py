@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
+from adamba.ops import delta as _delta
 from adamba.ops import ssd as _ssd
 
 _force_reference = os.environ.get("ADAMBA_FORCE_REFERENCE", "") not in ("", "0")
@@ -57,9 +58,18 @@ def _load_mamba_ssm() -> SimpleNamespace | None:
     return SimpleNamespace(chunk_scan=mamba_chunk_scan_combined, state_update=selective_state_update)
 
 
+@functools.cache
+def _load_fla() -> SimpleNamespace | None:
+    try:
+        from fla.ops.kda import chunk_kda
+    except Exception:  # not installed, or built for another torch/CUDA: fall back silently
+        return None
+    return SimpleNamespace(chunk=chunk_kda)
+
+
 def kernels_available() -> dict[str, bool]:
     """Which kernel packages import here (CUDA is still required at call time)."""
-    return {"mamba_ssm": _load_mamba_ssm() is not None}
+    return {"mamba_ssm": _load_mamba_ssm() is not None, "fla": _load_fla() is not None}
 
 
 # --- Mamba2 SSD (mamba-ssm) ---------------------------------------------------------------
@@ -115,3 +125,37 @@ def ssd_step(
         C,
     )
     return y, new
+
+
+# --- Kimi Delta Attention (flash-linear-attention) ------------------------------------------
+
+
+def kda_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`adamba.ops.delta.kda_chunked`, on fla's `chunk_kda` Triton kernel when possible (its
+    chunk size is fixed at 64; the result does not depend on it). Decoding steps stay on
+    `adamba.ops.delta.kda_step`: one token of state update is cheap either way."""
+    kern = _kernel(q, _load_fla)
+    if kern is None:
+        return _delta.kda_chunked(q, k, v, g, beta, scale, initial_state, chunk_size)
+    # one dtype for q, k, v (the layer's L2 norm returns fp32 q, k); gates and state in fp32
+    q, k = q.to(v.dtype), k.to(v.dtype)
+    o, final = kern.chunk(
+        q,
+        k,
+        v,
+        g.float(),
+        beta.float(),
+        scale=scale,
+        initial_state=None if initial_state is None else initial_state.float(),
+        output_final_state=True,
+    )
+    return o, final
