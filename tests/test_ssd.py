@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from adamba.ops import dispatch
-from adamba.ops.ssd import segsum, ssd_chunked, ssd_recurrent, ssd_step
+from adamba.ops.ssd import DecayedScores, ssd_chunked, ssd_recurrent, ssd_step
 
 
 def make_inputs(b=2, l=37, h=4, p=8, g=2, n=6, dtype=torch.float64, dt_scale=1.0, seed=0):
@@ -133,11 +133,22 @@ def test_continuing_from_final_state_equals_one_pass():
     torch.testing.assert_close(f2, f, atol=1e-10, rtol=1e-10)
 
 
-def test_segsum_is_masked_window_sum():
-    a = torch.tensor([0.5, -1.0, -2.0, -3.0], dtype=torch.float64)
-    s = segsum(a)
-    assert s[2, 0] == -3.0 and s[3, 1] == -5.0 and s[1, 1] == 0.0
-    assert torch.isneginf(s[0, 1]) and torch.exp(s).triu(1).eq(0).all()
+def test_decayed_scores_backward_is_exact():
+    """The hand-written backward of the masked decay scores against numerical derivatives, with
+    decays strong enough that a chunk sums far below -500."""
+    gen = torch.Generator().manual_seed(29)
+    CB = torch.randn(1, 2, 1, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    dA = (-torch.rand(1, 2, 1, 2, 5, generator=gen, dtype=torch.float64) * 300).requires_grad_()
+    assert dA.sum(-1).min() < -500
+    assert torch.autograd.gradcheck(DecayedScores.apply, (CB, dA))
+    M = DecayedScores.apply(CB, dA)
+    naive = torch.zeros_like(M)
+    for i in range(5):
+        for j in range(i + 1):
+            decay = torch.exp(dA[..., j + 1 : i + 1].sum(-1))  # [1,2,1,2]
+            naive[..., i, j] = CB[:, :, :, None, i, j] * decay
+    torch.testing.assert_close(M, naive, atol=1e-12, rtol=1e-12)
+    assert M.triu(1).eq(0).all()
 
 
 def test_dispatch_uses_reference_on_cpu():

@@ -67,8 +67,10 @@ class Mamba2(nn.Module):
                 f"model.mamba_ngroups={self.ngroups} must divide the number of Mamba heads "
                 f"{self.n_heads} (= mamba_expand*d_model / mamba_headdim)"
             )
-        if self.d_conv < 1:
-            raise AdambaError(f"model.mamba_d_conv={self.d_conv} must be >= 1")
+        if self.d_conv < 1 or self.chunk_size < 1:
+            raise AdambaError(
+                f"model.mamba_d_conv={self.d_conv} and model.mamba_chunk_size={self.chunk_size} must be >= 1"
+            )
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.in_proj = nn.Linear(d, self.d_inner + self.conv_dim + self.n_heads, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, bias=True)

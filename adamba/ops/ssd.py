@@ -6,9 +6,10 @@ The recurrence, per head (state h_t is [head_dim, d_state]):
 
 `ssd_chunked` computes the same thing with matrix multiplies: inside a chunk of Q tokens the
 output is a masked "attention" (C_i . B_j) * exp(sum of dt*A over (j, i]) applied to dt*x; across
-chunks only the [head_dim, d_state] states travel, passed with one small matrix product over chunk
-indices. Every exponent is a sum of non-positive terms, and the masked positions are set to -inf
-*before* exp, so neither values nor gradients overflow however strong the decay is.
+chunks only the [head_dim, d_state] states travel. The decay sums are taken directly over each
+window (a masked cumsum, not a difference of two long cumsums, so they stay exact under strong
+decay) and masked *before* exp: every exponent is a sum of non-positive terms or zero, so neither
+values nor gradients overflow however strong the decay is.
 
 B and C have `groups` heads' worth of channels; head i reads group i // (heads // groups), as in
 mamba-ssm. Inputs in bf16/fp16 are computed in fp32 (fp64 stays fp64) and y is cast back.
@@ -27,17 +28,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def segsum(a: Tensor) -> Tensor:
-    """[..., Q] -> [..., Q, Q] with out[i, j] = a[j+1] + ... + a[i] for j <= i and -inf above the
-    diagonal. Summed directly (not as a difference of two long cumsums), so it stays exact when
-    the cumulative decay is large; -inf is placed before exp so exp() gives exact zeros there."""
-    Q = a.shape[-1]
-    strict = torch.ones(Q, Q, dtype=torch.bool, device=a.device).tril(-1)
-    out = a[..., :, None].expand(*a.shape, Q).masked_fill(~strict, 0).cumsum(-2)
-    return out.masked_fill(~strict.logical_or(torch.eye(Q, dtype=torch.bool, device=a.device)), -torch.inf)
-
-
-class _DecayedScores(torch.autograd.Function):
+class DecayedScores(torch.autograd.Function):
     """M[..., r, i, j] = (C_i . B_j) exp(dA_{j+1} + ... + dA_i) for j <= i, else 0.
 
     The decay is masked before exp: entries above the diagonal sum nothing (exponent 0) and are
@@ -96,6 +87,8 @@ def ssd_chunked(
     initial_state [b,h,p,n] or None. Returns y [b,l,h,p] (x's dtype) and the final state
     [b,h,p,n] (fp32, or fp64 for fp64 inputs)."""
     b, l, h, p, g, n = _check(x, dt, A, B, C)
+    if chunk_size < 1:
+        raise ValueError(f"ssd_chunked: chunk_size={chunk_size} must be >= 1")
     out_dtype, cdt = x.dtype, _compute_dtype(x.dtype)
     r = h // g
     if l == 0:
@@ -120,7 +113,7 @@ def ssd_chunked(
         # 1. within each chunk: y_i += sum_{j<=i} (C_i . B_j) exp(dA_(j, i]) dt_j x_j
         #    C B^T is shared by the r heads of a group; only the decay mask is per head.
         CB = Cc @ Bc.transpose(-1, -2)  # [b,g,c,Q,Q]
-        M = _DecayedScores.apply(CB, dA)  # [b,g,c,r,Q,Q]
+        M = DecayedScores.apply(CB, dA)  # [b,g,c,r,Q,Q]
         y_diag = M @ xdt.transpose(3, 4)  # [b,g,c,r,Q,p]
 
         # 2. each chunk's own contribution to the state at its end: sum_j exp(dA_(j, end]) dt_j x_j B_j^T
@@ -134,7 +127,9 @@ def ssd_chunked(
         chunk_states = chunk_states.view(b, g, c, r, p, n)
         chunk_decay = torch.exp(Acs[..., -1])[..., None, None]  # [b,g,c,r,1,1]
         state = (
-            x.new_zeros(b, g, r, p, n) if initial_state is None else initial_state.to(cdt).view(b, g, r, p, n)
+            x.new_zeros(b, g, r, p, n)
+            if initial_state is None
+            else initial_state.to(cdt).reshape(b, g, r, p, n)
         )
         starts = []
         for k in range(c):
