@@ -29,7 +29,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from adamba.data.shards import ShardInfo, check_shard, manifest_path, read_manifest, shard_dict
 from adamba.errors import AdambaError

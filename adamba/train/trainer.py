@@ -112,6 +112,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     loader = TokenLoader(
         cfg.data.train, cfg.train.batch_size, cfg.data.seq_len, seed=cfg.train.seed, tokenizer_fingerprint=fp
     )
+    if cfg.data.val:  # open (and hash-check) the validation shards once, before any work
+        TokenLoader(cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, tokenizer_fingerprint=fp, prefetch=0)
     token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
     amp = autocast_ctx(device, cfg.train.dtype)
 
@@ -138,7 +140,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         if not cfg.data.val:
             return None
         val_loader = TokenLoader(
-            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, seed=0, tokenizer_fingerprint=fp
+            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, seed=0, tokenizer_fingerprint=fp,
+            verify=False, prefetch=0,
         )
         batches = (next(val_loader) for _ in range(cfg.train.eval_batches))
         return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
@@ -148,6 +151,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             "loader": loader_state,
             "max_steps": total,
             "max_steps_config": cfg.train.max_steps,
+            "data_id": loader.data_id,  # snapshot id (name@version#hash) or "manifests"
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
         }
