@@ -309,3 +309,37 @@ def test_acceptance_planted_duplicates_on_real_text(shared_data):
     assert q["removed"]["exact_dup"] == q["planted_exact"]
     assert q["near_detected"] >= 0.95
     assert q["false_positive_rate"] <= 0.01
+
+
+def test_cli_data_curate(tmp_path, capsys):
+    from adamba.cli import main
+
+    src = tmp_path / "code"
+    src.mkdir()
+    (src / "a.py").write_text("def f(x):\n    return x + 1\n")
+    (src / "b.py").write_text("def f(x):\n    return x + 1\n")  # exact duplicate
+    (src / "c.py").write_text("DATA = '" + "x" * 3000 + "'\n")  # a machine-made line
+    main(
+        [
+            "data",
+            "curate",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "code",
+            "--run",
+            "r1",
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "3 documents in, 1 kept" in out and "exact_dup" in out and "max_line_length" in out
+    assert (tmp_path / "out" / "processed" / "r1.jsonl").is_file()
+    assert json.loads((tmp_path / "out" / "metadata" / "r1.json").read_text())["removed"] == {
+        "exact_dup": 1,
+        "max_line_length": 1,
+    }
+    with pytest.raises(SystemExit) as e:
+        main(["data", "curate", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "missing" in capsys.readouterr().err

@@ -52,6 +52,18 @@ def test_text_folder_files_paragraphs_and_binary(tmp_path):
     assert [p.id for p in paras] == ["a.txt#0", "a.txt#1"]
 
 
+def test_text_chunks_of_at_least_n_words(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("\n\n".join(" ".join(["w"] * n) for n in [3, 4, 10, 2, 2, 1]))
+    docs = list(read_documents([p], chunk_words=6))
+    assert [len(d.text.split()) for d in docs] == [7, 10, 5]
+    assert docs[0].text == "w w w\n\nw w w w" and [d.id for d in docs] == [
+        "book.txt#0",
+        "book.txt#1",
+        "book.txt#2",
+    ]
+
+
 def test_decode_text_thresholds():
     assert decode_text("héllo".encode()) == "héllo"
     assert decode_text(b"abc\x00def") is None

@@ -294,6 +294,34 @@ def inspect_cmd(path: str, tokenizer: str = "", samples: int = 2, max_chars: int
     return lines
 
 
+# ---- curate (text side: adamba/data/curate.py) -----------------------------------------------
+def curate_cmd(
+    inputs: list[str],
+    out: str,
+    workers: int = 1,
+    preset: str = "web",
+    run: str | None = None,
+    text_field: str = "text",
+    paragraphs: bool = False,
+    progress: bool = True,
+    chunk_words: int = 0,
+) -> list[str]:
+    """Normalise, deduplicate and filter `inputs` into OUT/processed/<run>.jsonl + OUT/metadata/<run>.json."""
+    from adamba.data.curate import CurateConfig, curate
+    from adamba.data.sources import SourceStats
+
+    if workers < 1:
+        raise AdambaError(f"--workers must be >= 1, got {workers}")
+    cfg = CurateConfig.preset(preset)
+    rep = curate(inputs, out, cfg, workers, run, text_field, paragraphs, progress, chunk_words)
+    lines = [f"curate ({preset}): {rep.summary()}", f"read: {SourceStats(**rep.sources).summary()}"]
+    for name, n in sorted(rep.removed.items(), key=lambda kv: -kv[1]):
+        ex = rep.examples.get(name, [{}])[0]
+        lines.append(f"  {name:<18} {n:>8,}   e.g. {ex.get('id', '')}: {ex.get('why', '')}")
+    lines += [f"-> {rep.output_path}", f"   {rep.metadata_path}"]
+    return lines
+
+
 # ---- argparse wiring ------------------------------------------------------------------------
 def _print(lines: list[str]) -> None:
     print("\n".join(lines))
@@ -365,3 +393,36 @@ def register(subparsers) -> None:
 
     # ---- text side (adamba/data/curate.py): `adamba data curate` is registered below this line
     # by its owner, on the same `sub`, following the pattern above (a *_cmd function + parser).
+    c = sub.add_parser("curate", help="normalise, deduplicate (exact + MinHash) and quality-filter text")
+    c.add_argument(
+        "inputs", nargs="+", help="files/folders (text, JSONL, Parquet), dataset names, or hf:owner/name"
+    )
+    c.add_argument(
+        "--out", required=True, help="output folder: processed/<run>.jsonl and metadata/<run>.json"
+    )
+    c.add_argument("--workers", type=int, default=1, help="worker processes")
+    c.add_argument(
+        "--preset", choices=["web", "code", "dedup"], default="web", help="filters for prose or code"
+    )
+    c.add_argument("--run", default=None, help="run name (default: a hash of inputs and settings)")
+    c.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text")
+    c.add_argument("--paragraphs", action="store_true", help="split text files into documents at blank lines")
+    c.add_argument(
+        "--chunk-words", type=int, default=0, help="split text files at blank lines into >= N-word documents"
+    )
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(
+        func=lambda a: _print(
+            curate_cmd(
+                a.inputs,
+                a.out,
+                a.workers,
+                a.preset,
+                a.run,
+                a.text_field,
+                a.paragraphs,
+                not a.no_progress,
+                a.chunk_words,
+            )
+        )
+    )

@@ -576,9 +576,14 @@ def _results(docs: Iterable[Document], cfg: CurateConfig, workers: int, keep_tex
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, keep_text)
     ) as ex:
-        it = iter(docs)
+        it, ahead = iter(docs), None
         while batch := list(islice(it, window)):
-            yield from ex.map(_process, batch, chunksize=chunk)
+            submitted = ex.map(_process, batch, chunksize=chunk)  # queued now: workers never wait on us
+            if ahead is not None:
+                yield from ahead
+            ahead = submitted
+        if ahead is not None:
+            yield from ahead
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,8 +650,8 @@ def _run_curation(
             ex.append({"id": doc.id, "source": doc.source, "why": detail, "text": doc.text[:EXAMPLE_CHARS]})
 
     bar = _progress_bar() if progress else None
-    task = bar.add_task("curate", total=None) if bar else None
     try:
+        task = bar.add_task("curate", total=None, kept=0) if bar else None
         for r in _results(docs, cfg, workers, keep_text):
             in_hash.update(r.raw_digest)
             report.docs_in += 1
@@ -717,13 +722,15 @@ def curate(
     text_field: str = "text",
     paragraphs: bool = False,
     progress: bool = False,
+    chunk_words: int = 0,
 ) -> CurateReport:
     """Curate files, folders or registry datasets into `out_dir/processed/<run>.jsonl` plus
     `out_dir/metadata/<run>.json` (every count, examples, config, input and output hashes).
 
     Each input is a path (text, JSONL, Parquet, or a folder of them), a registry name such as
-    `gsm8k`, or `hf:owner/name[:config]`. The default run name hashes the inputs and config, so the
-    same command writes the same files.
+    `gsm8k`, or `hf:owner/name[:config]`; text files are split by `paragraphs` / `chunk_words` as in
+    `sources.text_documents`. The default run name hashes the inputs and settings, so the same
+    command writes the same files.
     """
     from adamba.data.registry import describe_input, open_input
 
@@ -737,7 +744,9 @@ def curate(
         run
         or "curate-"
         + hashlib.sha256(
-            json.dumps([descs, cfg.to_dict(), text_field, paragraphs], sort_keys=True, default=str).encode()
+            json.dumps(
+                [descs, cfg.to_dict(), text_field, paragraphs, chunk_words], sort_keys=True, default=str
+            ).encode()
         ).hexdigest()[:8]
     )
     if not re.fullmatch(r"[\w.-]+", run):
@@ -745,7 +754,7 @@ def curate(
 
     def docs() -> Iterator[Document]:
         for s in inputs:
-            yield from open_input(str(s), text_field=text_field, paragraphs=paragraphs, stats=stats)
+            yield from open_input(str(s), text_field, paragraphs, stats, chunk_words)
 
     report = CurateReport(run=run, inputs=descs)
     proc = out_dir / "processed" / f"{run}.jsonl"

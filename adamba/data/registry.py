@@ -261,11 +261,15 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None]:
 
 
 def open_input(
-    spec: str, text_field: str = "text", paragraphs: bool = False, stats: SourceStats | None = None
+    spec: str,
+    text_field: str = "text",
+    paragraphs: bool = False,
+    stats: SourceStats | None = None,
+    chunk_words: int = 0,
 ) -> Iterator[Document]:
     """One CLI input: an existing path, a registry name (`gsm8k`, `arc-agi-1:eval`), or `hf:owner/name[:config]`."""
     if Path(spec).exists():
-        return read_documents([spec], text_field, paragraphs=paragraphs, stats=stats)
+        return read_documents([spec], text_field, paragraphs=paragraphs, stats=stats, chunk_words=chunk_words)
     if spec.startswith("hf:"):
         path, config = _parse_hf_spec(spec)
         return hf_documents(path, config, text_field=text_field, stats=stats)

@@ -145,19 +145,38 @@ def _paragraphs(text: str) -> Iterator[str]:
         yield "\n".join(block)
 
 
+def _chunks(text: str, min_words: int) -> Iterator[str]:
+    """Consecutive paragraphs joined until each piece has at least `min_words` words."""
+    block: list[str] = []
+    n = 0
+    for para in _paragraphs(text):
+        block.append(para)
+        n += len(para.split())
+        if n >= min_words:
+            yield "\n\n".join(block)
+            block, n = [], 0
+    if block:
+        yield "\n\n".join(block)
+
+
 def text_documents(
     paths: Iterable[str | Path],
     pattern: str = "**/*",
     paragraphs: bool = False,
     stats: SourceStats | None = None,
+    chunk_words: int = 0,
 ) -> Iterator[Document]:
-    """Plain text files (folders are globbed): one Document per file, or per blank-line-separated block."""
+    """Plain text files (folders are globbed): one Document per file, or per blank-line-separated
+    block (`paragraphs`), or per run of blocks of at least `chunk_words` words (one big file, e.g. a
+    book, becomes documents of a useful size)."""
     stats = stats if stats is not None else SourceStats()
     for path, name in expand_paths(paths, pattern):
-        yield from _text_file(path, name, paragraphs, stats)
+        yield from _text_file(path, name, paragraphs, stats, chunk_words)
 
 
-def _text_file(path: Path, name: str, paragraphs: bool, stats: SourceStats) -> Iterator[Document]:
+def _text_file(
+    path: Path, name: str, paragraphs: bool, stats: SourceStats, chunk_words: int = 0
+) -> Iterator[Document]:
     stats.files += 1
     text = decode_text(path.read_bytes())
     if text is None:
@@ -165,7 +184,8 @@ def _text_file(path: Path, name: str, paragraphs: bool, stats: SourceStats) -> I
         return
     if "\ufffd" in text:
         stats.repaired_files += 1
-    pieces = _paragraphs(text) if paragraphs else [text]
+    paragraphs = paragraphs or chunk_words > 0
+    pieces = _chunks(text, chunk_words) if chunk_words > 0 else _paragraphs(text) if paragraphs else [text]
     for i, piece in enumerate(pieces):
         where = f"{path}#{i}" if paragraphs else str(path)
         if not piece.strip():
@@ -354,8 +374,10 @@ def read_documents(
     text_field: TextField = "text",
     paragraphs: bool = False,
     stats: SourceStats | None = None,
+    chunk_words: int = 0,
 ) -> Iterator[Document]:
-    """Any mix of files and folders, each file read by its kind: JSONL/JSON, Parquet, else plain text."""
+    """Any mix of files and folders, each file read by its kind: JSONL/JSON, Parquet, else plain text
+    (split as in `text_documents`)."""
     stats = stats if stats is not None else SourceStats()
     for path, name in expand_paths(paths):
         if _is(path, JSONL_SUFFIXES):
@@ -363,7 +385,7 @@ def read_documents(
         elif _is(path, PARQUET_SUFFIXES):
             yield from parquet_documents([path], text_field, stats=stats)
         else:
-            yield from _text_file(path, name, paragraphs, stats)
+            yield from _text_file(path, name, paragraphs, stats, chunk_words)
 
 
 STDLIB_TEST_DIRS = {"test", "tests", "idle_test"}
