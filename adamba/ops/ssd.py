@@ -124,8 +124,9 @@ def ssd_chunked(
         # 3. pass states across chunks, h_start[k+1] = exp(chunk k's total decay) h_start[k] + chunk k's
         #    own state. A loop over chunks costs O(c) small ops; the matrix form over chunk pairs
         #    would cost O(c^2) and on CPU is slower already at c = 32.
-        chunk_states = chunk_states.view(b, g, c, r, p, n)
-        chunk_decay = torch.exp(Acs[..., -1])[..., None, None]  # [b,g,c,r,1,1]
+        # (unbind, not indexing per k: its backward stacks once instead of c full-size zero-fills)
+        own = chunk_states.view(b, g, c, r, p, n).unbind(2)
+        chunk_decay = torch.exp(Acs[..., -1])[..., None, None].unbind(2)  # c x [b,g,r,1,1]
         state = (
             x.new_zeros(b, g, r, p, n)
             if initial_state is None
@@ -134,7 +135,7 @@ def ssd_chunked(
         starts = []
         for k in range(c):
             starts.append(state)
-            state = chunk_decay[:, :, k] * state + chunk_states[:, :, k]
+            state = chunk_decay[k] * state + own[k]
         final = state.reshape(b, h, p, n)
 
         # 4. contribution of the state entering each chunk: y_i += exp(dA_[start, i]) C_i h_start
