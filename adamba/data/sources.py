@@ -362,10 +362,12 @@ def hf_documents(
         )
         raise AdambaError(f"could not load Hugging Face dataset {label}: {msg}; {hint}") from e
     stats.files += 1
+    n = 0
     for i, rec in enumerate(ds):
-        if limit is not None and stats.documents >= limit:
+        if limit is not None and n >= limit:
             break
         if (doc := _record_document(rec, text_field, str(i), f"hf:{label}", stats)) is not None:
+            n += 1
             yield doc
 
 
