@@ -35,8 +35,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
         raise AdambaError("--max-new-tokens must be >= 1")
     model, tokenizer, _ = load_model(args.ckpt, args.tokenizer)
+    if args.mode is not None:
+        from adamba.model.elastic import mode_policy, model_ecfg
+
+        mode_policy(args.mode, model, model_ecfg(model))  # bad mode / dense checkpoint: fail first
     for i in range(args.num_samples):
         sys.stdout.write(args.prompt)
+        stats: dict = {}
         for piece in generate_text(
             model,
             tokenizer,
@@ -45,9 +50,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
             args.temperature,
             args.top_k or None,
             args.seed + i,
+            mode=args.mode,
+            stats=stats,
         ):
             sys.stdout.write(piece)
             sys.stdout.flush()
+        if stats:
+            print(
+                f"\n[{args.mode}: {stats['tokens']} steps, FLOPs/token {stats['flops_rel']:.2f} of full, "
+                f"early exit {stats['exit_rate']:.0%}, expanded {stats['expand_rate']:.0%}, "
+                f"KV {stats['kv_bytes']:,} B of {stats['kv_bytes_full']:,} B at full width]",
+                file=sys.stderr,
+            )
         sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < args.num_samples else ""))
 
 
@@ -97,11 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's own)")
+    s.add_argument(
+        "--mode",
+        choices=["ghost", "whisper", "normal", "think", "auto"],
+        help="compute mode of a Matryoshka-trained checkpoint (default: plain full model)",
+    )
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("--ckpt", required=True)
-    e.add_argument("--tasks", default="bpb", help="comma-separated: bpb")
+    e.add_argument("--tasks", default="bpb", help="comma-separated: bpb, efficiency")
     e.add_argument("--data", action="append", help="validation manifest(s) (default: the run's data.val)")
     e.add_argument("--batches", type=int, default=50)
     e.set_defaults(func=cmd_eval)

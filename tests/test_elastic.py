@@ -34,9 +34,7 @@ def test_attention_slice_equals_standalone_small_layer(width, kw):
     W = big.qkv_proj.weight
     kq, kk = big.q_dim, big.q_dim + big.kv_dim
     with torch.no_grad():
-        small.qkv_proj.weight.copy_(
-            torch.cat([W[: hq * hd], W[kq : kq + hkv * hd], W[kk : kk + hkv * hd]])
-        )
+        small.qkv_proj.weight.copy_(torch.cat([W[: hq * hd], W[kq : kq + hkv * hd], W[kk : kk + hkv * hd]]))
         small.o_proj.weight.copy_(big.o_proj.weight[:, : hq * hd])
         if cfg.qk_norm:
             small.q_norm_weight.copy_(big.q_norm_weight)
@@ -226,7 +224,14 @@ def test_gate_and_predictor_do_not_move_lm_weights():
     g_with = model.blocks[0].mlp.w_up.weight.grad.clone()
     model.zero_grad()
     torch.manual_seed(5)
-    b, _ = el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0, gate_weight=0.0, predictor_weight=0.0))
+    b, _ = el.elastic_loss(
+        model,
+        x,
+        y,
+        ElasticConfig(
+            enabled=True, widths=WIDTHS, gate_token_frac=1.0, gate_weight=0.0, predictor_weight=0.0
+        ),
+    )
     b.backward()
     assert torch.equal(g_with, model.blocks[0].mlp.w_up.weight.grad)
     assert a > b  # the head terms were there
@@ -263,3 +268,85 @@ def test_elastic_training_resume_is_exact(data, tmp_path, monkeypatch):
 
     model, _, _ = load_model(tmp_path / "a")  # gate/predictor weights load back
     assert hasattr(model, "elastic")
+
+
+# ---------------------------------------------------------------- CLI, modes, efficiency
+
+
+@pytest.fixture(scope="module")
+def elastic_run(data, tmp_path_factory):
+    from adamba.train import trainer
+
+    root = tmp_path_factory.mktemp("elastic_run")
+    trainer.run(load_config("tiny-cpu", elastic_overrides(data, root / "el", steps=4)))
+    from tests.helpers import tiny_overrides
+
+    trainer.run(load_config("tiny-cpu", tiny_overrides(data, root / "dense", steps=2)))
+    return root
+
+
+def test_generate_text_in_every_mode(elastic_run):
+    from adamba.serve.generate import generate_text, load_model
+
+    model, tok, _ = load_model(elastic_run / "el")
+    flops = {}
+    for mode in el.MODES:
+        stats: dict = {}
+        text = "".join(generate_text(model, tok, "def ", 12, 0.0, None, 0, mode=mode, stats=stats))
+        assert isinstance(text, str) and stats["tokens"] >= 1
+        flops[mode] = stats["flops_rel"]
+        if mode == "think":  # full width, no exit: the plain model's greedy text
+            assert text == "".join(generate_text(model, tok, "def ", 12, 0.0, None, 0))
+            assert stats["kv_bytes"] == stats["kv_bytes_full"]
+    assert flops["ghost"] < flops["normal"] < flops["think"] == pytest.approx(1.0)
+
+
+def test_cli_mode_and_efficiency(elastic_run):
+    from tests.test_cli import adamba, assert_clean_error
+
+    res = adamba("sample", "--ckpt", str(elastic_run / "el"), "--mode", "ghost", "--max-new-tokens", "5")
+    assert res.returncode == 0, res.stderr
+    assert "ghost:" in res.stderr and "FLOPs/token" in res.stderr
+    res = adamba("sample", "--ckpt", str(elastic_run / "dense"), "--mode", "auto", "--max-new-tokens", "5")
+    assert_clean_error(res, "trained with Matryoshka")
+    res = adamba("eval", "--ckpt", str(elastic_run / "el"), "--tasks", "efficiency", "--batches", "2")
+    assert res.returncode == 0, res.stderr
+    rows = {
+        ln.split()[0]: ln.split()
+        for ln in res.stdout.splitlines()
+        if ln.split() and ln.split()[0] in el.MODES
+    }
+    assert set(rows) == set(el.MODES)
+    assert float(rows["think"][2]) == pytest.approx(1.0) and float(rows["ghost"][2]) < 0.5
+    res = adamba("eval", "--ckpt", str(elastic_run / "dense"), "--tasks", "efficiency")
+    assert_clean_error(res, "trained with Matryoshka")
+
+
+def test_early_exit_copies_kv_forward_calm_style():
+    """A token that exits at layer l still leaves a KV entry in every later layer, computed from
+    its exit hidden state: later tokens attend to it exactly as if that state were the input."""
+    torch.manual_seed(0)
+    cfg = tiny(n_layer=3)
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(cfg), ecfg).eval()
+    with torch.no_grad():  # gate of layer 0 always fires, layer 1 never
+        model.elastic.gates[0].bias.fill_(20.0)
+        model.elastic.gates[1].bias.fill_(-20.0)
+    x = torch.randint(0, 97, (1, 6))
+    r = el.ElasticRunner(model, ecfg, el.Policy([1.0] * 3, exit_threshold=0.95))
+    r.prefill(x[:, :4])
+    out = r.step(x[:, 4:5])
+    assert r.stats.exit_layer == [0]
+    assert all(c.length == 5 for c in r.state)
+    # reference: layer 0 on the token, then the exit hidden state as the input of layers 1, 2 (K/V)
+    state = model.init_state(1)
+    model(x[:, :4], state=state)
+    h = model.blocks[0](model.embed(x[:, 4:5]), state[0])
+    for j in (1, 2):
+        b = model.blocks[j]
+        b.mixer(b.norm1(h), state[j])  # appends K/V computed from h (the output is discarded)
+    torch.testing.assert_close(out, model.head(model.norm(h))[:, -1])
+    for j in (1, 2):
+        torch.testing.assert_close(r.state[j].k[:, :, :5], state[j].k[:, :, :5], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(r.state[j].v[:, :, :5], state[j].v[:, :, :5], atol=1e-6, rtol=1e-6)
+    assert r.stats.flops[0] < r.stats.full_flops[0]

@@ -9,7 +9,9 @@ from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.serve.generate import load_model
 
-TASKS = ("bpb",)
+TASKS = ("bpb", "efficiency")
+EFFICIENCY_MAX_SEQS = 8  # token-by-token decoding of every mode is slow: a few sequences
+EFFICIENCY_LEN, EFFICIENCY_PROMPT = 128, 16
 
 
 def run_eval(ckpt_path: str, tasks: list[str], data: list[str] | None = None, batches: int = 50) -> list[str]:
@@ -33,5 +35,43 @@ def run_eval(ckpt_path: str, tasks: list[str], data: list[str] | None = None, ba
         res = evaluate_bpb(model, (next(loader) for _ in range(batches)), tb)
         lines.append(
             f"bpb: val loss {res['loss']:.4f}  bits/byte {res['bpb']:.4f}  ({res['tokens']:,} tokens)"
+        )
+    if "efficiency" in tasks:
+        lines += efficiency_lines(model, tokenizer, ckpt, data, batches)
+    return lines
+
+
+def efficiency_lines(model, tokenizer, ckpt, data, batches) -> list[str]:
+    """Per compute mode, decoding held-out sequences token by token (batch 1, KV cache): val
+    bits/byte of the continuation after a 16-token prompt, FLOPs per token relative to the full
+    model, early-exit and expansion rates, exit-layer histogram, decode tokens/s."""
+    import math
+
+    from adamba.model import elastic as el
+
+    ecfg = el.model_ecfg(model)
+    val = data or ckpt.cfg.data.val
+    if not val:
+        raise AdambaError("no validation data: pass --data MANIFEST (the run has no data.val)")
+    length = min(EFFICIENCY_LEN, ckpt.cfg.data.seq_len)
+    loader = TokenLoader(val, 1, length, seed=0, tokenizer_fingerprint=tokenizer.fingerprint())
+    seqs = []
+    for _ in range(max(1, min(batches, EFFICIENCY_MAX_SEQS))):
+        x, y = next(loader)
+        seqs.append(torch.cat([x[0], y[0, -1:]]))
+    tb = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
+    lines = [f"efficiency: {len(seqs)} sequences x {length} tokens, prompt {EFFICIENCY_PROMPT}, batch 1"]
+    lines.append(
+        f"{'mode':>8} {'bpb':>7} {'FLOPs':>6} {'exit':>6} {'expand':>6} {'tok/s':>7}  exit-layer histogram"
+    )
+    for mode in el.MODES:
+        ce, tgt, _, s, secs = el.teacher_forced(
+            model, ecfg, el.mode_policy(mode, model, ecfg), seqs, EFFICIENCY_PROMPT
+        )
+        b = tb[tgt]
+        bpb = float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))
+        lines.append(
+            f"{mode:>8} {bpb:7.4f} {s['flops_rel']:6.3f} {s['exit_rate']:6.3f} {s['expand_rate']:6.3f} "
+            f"{s['tokens'] / max(1e-9, secs):7.1f}  {s['exit_hist']}"
         )
     return lines

@@ -88,6 +88,7 @@ class ElasticHeads(nn.Module):
         super().__init__()
         d, L, W = mcfg.d_model, mcfg.n_layer, len(ecfg.widths)
         self.widths = list(ecfg.widths)
+        self.ecfg = ecfg  # thresholds and widths the model was trained with (not a weight)
         self.gates = nn.ModuleList(nn.Linear(d, 1) for _ in range(L - 1))
         self.predictor = nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, L * W))
         self.n_layer, self.n_widths = L, W
@@ -336,7 +337,11 @@ class ElasticRunner:
         n, hd = cache.heads, a.head_dim
         wt = a.qkv_proj.weight
         k = F.linear(xn, wt[a.q_dim : a.q_dim + n * hd]).view(1, -1, n, hd).transpose(1, 2)
-        v = F.linear(xn, wt[a.q_dim + a.kv_dim : a.q_dim + a.kv_dim + n * hd]).view(1, -1, n, hd).transpose(1, 2)
+        v = (
+            F.linear(xn, wt[a.q_dim + a.kv_dim : a.q_dim + a.kv_dim + n * hd])
+            .view(1, -1, n, hd)
+            .transpose(1, 2)
+        )
         if a.qk_norm:
             k = F.rms_norm(k, (hd,), a.k_norm_weight, a.eps)
         if a.rotary is not None:
@@ -358,7 +363,7 @@ class ElasticRunner:
             x = block(x, self.state[i], w)
             flops += self._layer_flops(i, w, ctx)
             used.append(w)
-            if not gated or i == L - 1 or i < self.ecfg.predictor_layer:
+            if not gated or i == L - 1:
                 continue
             g = float(torch.sigmoid(m.elastic.gate_logit(i, x)))
             flops += 2 * d
@@ -424,3 +429,44 @@ def teacher_forced(model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.
         stats.summary(len(model.blocks)),
         seconds,
     )
+
+
+def model_ecfg(model) -> ElasticConfig:
+    """The ElasticConfig a loaded model was trained with; a clear error for dense checkpoints."""
+    if not hasattr(model, "elastic"):
+        require_elastic(ElasticConfig(enabled=False))
+    return model.elastic.ecfg
+
+
+@torch.no_grad()
+def generate(
+    model,
+    idx: torch.Tensor,
+    mode: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    stop_ids: set[int] | None = None,
+    generator: torch.Generator | None = None,
+    runner_out: list | None = None,
+):
+    """LM.generate under a compute mode (batch 1): yields token ids [1]; the runner (with its
+    per-token stats) is appended to `runner_out` when given."""
+    ecfg = model_ecfg(model)
+    r = ElasticRunner(model, ecfg, mode_policy(mode, model, ecfg))
+    if runner_out is not None:
+        runner_out.append(r)
+    logits = r.prefill(idx)
+    for _ in range(max_new_tokens):
+        if temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            lg = logits.float() / temperature
+            if top_k:
+                kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
+                lg = lg.masked_fill(lg < kth, float("-inf"))
+            nxt = torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
+        yield nxt
+        if stop_ids and int(nxt[0]) in stop_ids:
+            return
+        logits = r.step(nxt[:, None])

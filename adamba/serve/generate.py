@@ -47,8 +47,13 @@ def generate_text(
     temperature: float = 0.8,
     top_k: int | None = 50,
     seed: int | None = None,
+    mode: str | None = None,
+    stats: dict | None = None,
 ) -> Iterator[str]:
-    """Yield decoded text pieces as they are generated (stops at end-of-sequence)."""
+    """Yield decoded text pieces as they are generated (stops at end-of-sequence).
+
+    `mode` (ghost / whisper / normal / think / auto) decodes through the elastic runner of a
+    Matryoshka-trained model; `stats` then receives its per-token accounting summary."""
     device = next(model.parameters()).device
     ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
     gen = torch.Generator(device=device)
@@ -57,9 +62,15 @@ def generate_text(
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     out: list[int] = []
     shown = ""
-    for nxt in model.generate(
-        idx, max_new_tokens, temperature, top_k, {tokenizer.eos_id, tokenizer.bos_id}, gen
-    ):
+    stop = {tokenizer.eos_id, tokenizer.bos_id}
+    runners: list = []
+    if mode is not None:
+        from adamba.model import elastic
+
+        tokens = elastic.generate(model, idx, mode, max_new_tokens, temperature, top_k, stop, gen, runners)
+    else:
+        tokens = model.generate(idx, max_new_tokens, temperature, top_k, stop, gen)
+    for nxt in tokens:
         t = int(nxt[0])
         if t in (tokenizer.eos_id, tokenizer.bos_id):
             break
@@ -68,3 +79,8 @@ def generate_text(
         if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
             yield text[len(shown) :]
             shown = text
+    if runners and stats is not None:
+        r = runners[0]
+        stats.update(r.stats.summary(len(model.blocks)))
+        stats["kv_bytes"], stats["kv_bytes_full"] = r.kv_bytes()
+        stats["widths"] = r.widths
