@@ -82,6 +82,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         config=args.config,
         overrides=args.set or [],
         progress=not args.no_progress,
+        curate_preset=args.curate,
     )
     print(f"report: {report}")
 
@@ -133,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--config", default="tiny-cpu", help="model/training preset")
     q.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
+    q.add_argument(
+        "--curate",
+        choices=["code", "web", "dedup"],
+        help="curation preset (default: code for the stdlib corpus, dedup for --data)",
+    )
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_quickstart)
 

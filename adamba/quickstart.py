@@ -69,6 +69,7 @@ def quickstart(
     overrides: list[str] | None = None,
     progress: bool = True,
     max_corpus_mb: float = 16.0,
+    curate_preset: str | None = None,
 ) -> Path:
     """Run the pipeline; returns the path of report.md."""
     console = Console(stderr=True, quiet=not progress)
@@ -82,8 +83,9 @@ def quickstart(
     console.print(
         "[bold]1/6 corpus[/]", "from " + (", ".join(data) if data else "the Python standard library")
     )
-    raw = list(read_documents(data) if data else python_stdlib_documents())
-    ccfg = CurateConfig() if data else CurateConfig.for_code()
+    # a user's single big text file becomes ~300-word documents (split at blank lines)
+    raw = list(read_documents(data, chunk_words=300) if data else python_stdlib_documents())
+    ccfg = CurateConfig.preset(curate_preset or ("dedup" if data else "code"))
     kept, cur = curate_documents(raw, ccfg)
     kept = list(kept)
     if not kept:
