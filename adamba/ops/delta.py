@@ -124,12 +124,13 @@ def _intra_chunk(
     s = sub
     while s < C:
         m = C // (2 * s)  # blocks of 2s after this merge
-        Gh, qh, kh = (t.unflatten(-2, (m, 2, s)) for t in (G, q, k))  # [..., m, 2, s, dk]
-        ref = Gh[..., 0, -1:, :]  # last token of each first half [..., m, 1, dk]
-        right = (kh[..., 0, :, :] * (ref - Gh[..., 0, :, :]).exp()).transpose(-1, -2)
-        left = (Gh[..., 1, :, :] - ref).exp()
-        corner_qk = (qh[..., 1, :, :] * left) @ right  # [..., m, s, s]
-        corner_kk = (kh[..., 1, :, :] * left) @ right
+        # halves [..., m, s, dk]; unbind (not indexing) keeps the backward to one copy
+        (G0, G1), (_, q1), (k0, k1) = (t.unflatten(-2, (m, 2, s)).unbind(-3) for t in (G, q, k))
+        ref = G0[..., -1:, :]  # last token of each first half [..., m, 1, dk]
+        right = (k0 * (ref - G0).exp()).transpose(-1, -2)
+        left = (G1 - ref).exp()
+        corner_qk = (q1 * left) @ right  # [..., m, s, s]
+        corner_kk = (k1 * left) @ right
         Aqk, Akk = _merge(Aqk, corner_qk), _merge(Akk, corner_kk)
         s *= 2
     return Akk.flatten(-3, -2), Aqk.flatten(-3, -2)
@@ -137,9 +138,9 @@ def _intra_chunk(
 
 def _merge(blocks: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
     """[..., 2m, s, s] diagonal blocks + [..., m, s, s] lower corners -> [..., m, 2s, 2s]."""
-    pair = blocks.unflatten(-3, (-1, 2))
-    top = torch.cat([pair[..., 0, :, :], torch.zeros_like(corner)], dim=-1)
-    bottom = torch.cat([corner, pair[..., 1, :, :]], dim=-1)
+    first, second = blocks.unflatten(-3, (-1, 2)).unbind(-3)
+    top = torch.cat([first, torch.zeros_like(corner)], dim=-1)
+    bottom = torch.cat([corner, second], dim=-1)
     return torch.cat([top, bottom], dim=-2)
 
 
