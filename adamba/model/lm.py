@@ -116,7 +116,7 @@ class LM(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100
+                logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
             )
         return logits, loss
 
