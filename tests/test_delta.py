@@ -65,12 +65,13 @@ def test_gradients_match_recurrent_fp64():
 
 
 def test_strong_decay_stays_finite_and_exact():
-    """Cumulative decay reaching -500 inside one chunk (and one single step of -500): splitting
+    """Cumulative decay reaching -500 inside one chunk (and single steps of -500): splitting
     exp(G_r - G_s) as exp(G_r) exp(-G_s) would overflow fp32 at about -88."""
     q, k, v, g, beta, s0 = make_inputs(b=1, t=70, h=2, dk=16, dv=8, dtype=torch.float32, seed=2)
     g = g * 0.0 - 8.0 * torch.rand_like(g[..., :1])  # ~ -8 per step: chunk of 64 sums to ~ -250..-500
-    g[:, 20, 0, :4] = -500.0
     g[:, :64, 1].fill_(-7.9)  # head 1: exactly ~ -505 over the first chunk
+    g[:, 22, 0, :4] = -500.0  # single steps of -500 inside blocks, not at their edges
+    g[:, 45, 1, 4:8] = -500.0
     w_o, w_s = torch.randn_like(v), torch.randn_like(s0)
     inputs = (q, k, v, g, beta, s0)
     assert g[:, :64].sum(1).min() < -500
