@@ -108,6 +108,9 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
 
         attach_elastic(model, cfg.elastic)
     optimizer = build_optimizer(model, cfg.train)
+    # compiled forward for the training step; weights stay shared with `model` (checkpoints,
+    # eval and the elastic path use the eager module)
+    fwd = torch.compile(model) if cfg.train.compile else model
     fp = tokenizer.fingerprint()
     loader = TokenLoader(
         cfg.data.train, cfg.train.batch_size, cfg.data.seq_len, seed=cfg.train.seed, tokenizer_fingerprint=fp
@@ -186,7 +189,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                     if cfg.elastic.enabled:  # sandwich widths + gate/predictor terms
                         loss, lm_loss = elastic_loss(model, x, y, cfg.elastic)
                     else:
-                        _, loss = model(x, y)
+                        _, loss = fwd(x, y)
                         lm_loss = loss
                 (loss / cfg.train.grad_accum).backward()
                 loss_acc += float(lm_loss.detach()) / cfg.train.grad_accum  # logged: full-width LM loss
