@@ -63,8 +63,16 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.head_dim == 0 and self.n_head > 0:
-            self.head_dim = self.d_model // self.n_head
+        self._derive()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "head_dim":  # 0 means "derive from d_model // n_head", now and after overrides
+            object.__setattr__(self, "_auto_head_dim", value == 0)
+        object.__setattr__(self, name, value)
+
+    def _derive(self) -> None:
+        if getattr(self, "_auto_head_dim", True) and self.n_head > 0:
+            object.__setattr__(self, "head_dim", self.d_model // self.n_head)
 
     def layer_types(self) -> list[str]:
         """The mixer letter of every layer: the pattern repeated and cut to n_layer."""
@@ -79,6 +87,7 @@ class ModelConfig:
         return [self.mamba_ffn if t == "M" else f for t, f in zip(self.layer_types(), base)]
 
     def validate(self) -> None:
+        self._derive()
         self.layer_types()
         self.layer_ffns()
         if "A" in self.pattern and self.n_head % max(self.n_kv_head, 1):

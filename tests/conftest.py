@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# Busy-waiting OpenMP threads stall tiny ops badly on a shared 2-core machine; must be set
+# before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

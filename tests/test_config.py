@@ -57,3 +57,10 @@ def test_pattern_repeats_and_validates():
 def test_missing_config_file():
     with pytest.raises(AdambaError, match="not found.*tiny-cpu"):
         load_config("no/such/file.toml")
+
+
+def test_head_dim_follows_overrides_unless_set():
+    cfg = load_config("tiny-cpu", ["model.d_model=128"])
+    assert cfg.model.head_dim == 128 // cfg.model.n_head
+    cfg = load_config("tiny-cpu", ["model.d_model=128", "model.head_dim=48"])
+    assert cfg.model.head_dim == 48
