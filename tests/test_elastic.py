@@ -183,6 +183,7 @@ def elastic_overrides(data, out, steps=8):
     from tests.helpers import tiny_overrides
 
     return tiny_overrides(data, out, steps) + [
+        "model.d_model=64",
         "model.n_head=4",
         "model.n_kv_head=2",
         "elastic.enabled=true",

@@ -7,6 +7,7 @@ schedule length) is checkpointed, so `resume=True` reproduces the uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -69,7 +70,7 @@ def load_tokenizer(cfg: Config) -> Tokenizer:
 
 
 def _check_resume_config(cfg: Config, ckpt: ck.Checkpoint) -> None:
-    old, new = ckpt.cfg.model.__dict__, cfg.model.__dict__
+    old, new = dataclasses.asdict(ckpt.cfg.model), dataclasses.asdict(cfg.model)
     diff = [k for k in new if old.get(k) != new[k]]
     if diff:
         detail = ", ".join(f"model.{k}: checkpoint {old.get(k)!r} vs config {new[k]!r}" for k in diff[:4])
