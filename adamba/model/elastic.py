@@ -50,6 +50,7 @@ from torch import nn
 from adamba.config import ElasticConfig, ModelConfig
 from adamba.errors import AdambaError
 from adamba.model.cache import MatryoshkaKVCache
+from adamba.model.lm import sample_next
 
 MODES = ("ghost", "whisper", "normal", "think", "auto")
 MODE_FRACTION = {"whisper": 0.25, "normal": 0.5, "think": 1.0}  # ghost = the smallest width
@@ -458,14 +459,7 @@ def generate(
         runner_out.append(r)
     logits = r.prefill(idx)
     for _ in range(max_new_tokens):
-        if temperature <= 0:
-            nxt = logits.argmax(-1)
-        else:
-            lg = logits.float() / temperature
-            if top_k:
-                kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
-                lg = lg.masked_fill(lg < kth, float("-inf"))
-            nxt = torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
+        nxt = sample_next(logits, temperature, top_k, generator)
         yield nxt
         if stop_ids and int(nxt[0]) in stop_ids:
             return

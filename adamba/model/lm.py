@@ -31,6 +31,20 @@ def build_mixer(kind: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
     raise ValueError(f"unknown mixer kind {kind!r}")
 
 
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Next token ids [B] from last-position logits [B, V]: greedy at temperature <= 0, else
+    softmax sampling over the top_k most likely tokens."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    lg = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
+        lg = lg.masked_fill(lg < kth, float("-inf"))
+    return torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str, ffn: str):
         super().__init__()
@@ -136,14 +150,7 @@ class LM(nn.Module):
         logits, _ = self(idx, state=state)
         logits = logits[:, -1]
         for _ in range(max_new_tokens):
-            if temperature <= 0:
-                nxt = logits.argmax(-1)
-            else:
-                lg = logits.float() / temperature
-                if top_k:
-                    kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
-                    lg = lg.masked_fill(lg < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
+            nxt = sample_next(logits, temperature, top_k, generator)
             yield nxt
             if stop_ids and all(int(t) in stop_ids for t in nxt):
                 return
