@@ -71,4 +71,6 @@ class MatryoshkaKVCache:
 
     def full_nbytes(self) -> int:
         """What a plain full-width cache would hold for the same tokens."""
-        return 2 * self.batch * self.max_heads * self.length * self.head_dim * torch.finfo(self.dtype).bits // 8
+        return (
+            2 * self.batch * self.max_heads * self.length * self.head_dim * torch.finfo(self.dtype).bits // 8
+        )

@@ -117,7 +117,9 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         cfg.data.train, cfg.train.batch_size, cfg.data.seq_len, seed=cfg.train.seed, tokenizer_fingerprint=fp
     )
     if cfg.data.val:  # open (and hash-check) the validation shards once, before any work
-        TokenLoader(cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, tokenizer_fingerprint=fp, prefetch=0)
+        TokenLoader(
+            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, tokenizer_fingerprint=fp, prefetch=0
+        )
     token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
     amp = autocast_ctx(device, cfg.train.dtype)
 
@@ -144,8 +146,13 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         if not cfg.data.val:
             return None
         val_loader = TokenLoader(
-            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, seed=0, tokenizer_fingerprint=fp,
-            verify=False, prefetch=0,
+            cfg.data.val,
+            cfg.train.batch_size,
+            cfg.data.seq_len,
+            seed=0,
+            tokenizer_fingerprint=fp,
+            verify=False,
+            prefetch=0,
         )
         batches = (next(val_loader) for _ in range(cfg.train.eval_batches))
         return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
