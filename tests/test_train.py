@@ -120,3 +120,19 @@ def test_checkpoint_config_roundtrip(data, tmp_path):
     saved = json.loads((ckpt.path / "config.json").read_text())
     assert saved["model"]["d_model"] == 32 and ckpt.cfg.model.n_layer == 2
     assert torch.load(ckpt.path / "trainer.pt", weights_only=False)["optimizer"]["state"]
+
+
+def test_flipped_byte_in_a_shard_stops_training(data, tmp_path):
+    import shutil
+
+    from adamba.data.shards import read_manifest
+
+    bad = tmp_path / "bad"
+    shutil.copytree(str(data["train"]).rsplit("/", 1)[0], bad)
+    shard = read_manifest(bad / "manifest.jsonl")[0].path
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    over = tiny_overrides(data, tmp_path / "r") + [f"data.train={bad / 'manifest.jsonl'}"]
+    with pytest.raises(AdambaError, match=shard.name):
+        trainer.run(load_config("tiny-cpu", over))
