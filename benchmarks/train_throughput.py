@@ -67,15 +67,15 @@ def make_step(model, x, y, hf: bool):
 
 
 def bench_preset(name: str, steps: int, peak: float) -> list[dict]:
-    cfg = load_config(name, ["model.mlp_act=swiglu"])
+    # the same math as Llama (tests/test_model.py proves equality): SwiGLU, no QK-norm
+    cfg = load_config(name, ["model.mlp_act=swiglu", "model.qk_norm=false"])
     m = cfg.model
     B, T = cfg.train.batch_size, cfg.data.seq_len
     torch.manual_seed(0)
     x = torch.randint(0, m.vocab_size, (B, T))
     y = torch.roll(x, -1, 1)
-    models = {"adamba": LM(m), "transformers Llama": hf_llama(m)}
-    relu2 = load_config(name)
-    models["adamba (preset, relu2)"] = LM(relu2.model)
+    models = {"adamba (= Llama math)": LM(m), "transformers Llama": hf_llama(m)}
+    models["adamba preset (relu2+qknorm)"] = LM(load_config(name).model)
     fns = {k: make_step(v, x, y, k.startswith("transformers")) for k, v in models.items()}
     for f in fns.values():  # warm-up
         f()
@@ -116,16 +116,19 @@ def main() -> None:
     ap.add_argument("--presets", default="tiny-cpu,small-cpu")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     peak = matmul_peak()
     print(f"threads {torch.get_num_threads()}, measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for name in args.presets.split(","):
         rows += bench_preset(name, args.steps, peak)
-    print(f"{'preset':10} {'model':24} {'params':>11} {'B x T':>9} {'tok/s':>9} {'MFU':>6} {'vs HF':>6}")
+    print(f"{'preset':10} {'model':28} {'params':>11} {'B x T':>9} {'tok/s':>9} {'MFU':>6} {'vs HF':>6}")
     for r in rows:
         print(
-            f"{r['preset']:10} {r['model']:24} {r['params']:>11,} {r['batch']:>3} x {r['seq']:<4} "
+            f"{r['preset']:10} {r['model']:28} {r['params']:>11,} {r['batch']:>3} x {r['seq']:<4} "
             f"{r['tok_s']:>9,.0f} {r['mfu']:>6.1%} {r['vs_transformers']:>5.2f}x"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
