@@ -61,6 +61,8 @@ class ModelConfig:
     max_seq_len: int = 1024
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    # zero the residual output projections and the LM head (every block starts as the identity)
+    zero_init_out: bool = False
 
     def __post_init__(self) -> None:
         self._derive()
@@ -126,6 +128,7 @@ class TrainConfig:
     decay_frac: float = 0.2  # WSD: final fraction of steps spent decaying
     min_lr_frac: float = 0.1
     weight_decay: float = 0.1
+    embed_lr_mult: float = 1.0  # learning-rate factor for the token embedding
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8

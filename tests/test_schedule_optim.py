@@ -1,5 +1,3 @@
-import torch
-
 from adamba.config import ModelConfig, TrainConfig
 from adamba.model.lm import LM
 from adamba.train.optim import param_groups
@@ -28,4 +26,16 @@ def test_weight_decay_on_matrices_only():
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == sum(
         p.numel() for p in model.parameters()
     )
-    _ = torch
+
+
+def test_embed_lr_mult_gets_its_own_group_and_the_trainer_scales_it():
+    model = LM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, n_kv_head=2))
+    groups = param_groups(model, 0.1, embed_lr_mult=10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(groups) == 3
+    embed = groups[2]
+    assert [names[id(p)] for p in embed["params"]] == ["embed.weight"]
+    assert embed["lr_mult"] == 10.0 and embed["weight_decay"] == 0.0
+    assert all(g["lr_mult"] == 1.0 for g in groups[:2])
+    # with the default factor the embedding stays in the no-decay group (two groups only)
+    assert len(param_groups(model, 0.1)) == 2

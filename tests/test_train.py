@@ -136,3 +136,27 @@ def test_flipped_byte_in_a_shard_stops_training(data, tmp_path):
     over = tiny_overrides(data, tmp_path / "r") + [f"data.train={bad / 'manifest.jsonl'}"]
     with pytest.raises(AdambaError, match=shard.name):
         trainer.run(load_config("tiny-cpu", over))
+
+
+def test_embed_lr_mult_scales_the_embedding_step_only(data, tmp_path):
+    """One step with train.embed_lr_mult=10 moves the embedding 10x as far as with 1 (Adam's first
+    step is lr * sign(grad)) and every other weight exactly as far."""
+    from safetensors.torch import load_file
+
+    from adamba.model.lm import LM
+
+    weights = {}
+    for mult in (1, 10):
+        cfg = load_config("tiny-cpu", tiny_overrides(data, tmp_path / f"m{mult}", steps=1))
+        cfg.train.embed_lr_mult = float(mult)
+        cfg.train.warmup_frac = 0.0
+        trainer.run(cfg)
+        weights[mult] = load_file(str(ck.read_checkpoint(tmp_path / f"m{mult}").path / "model.safetensors"))
+    torch.manual_seed(cfg.train.seed)
+    init = LM(cfg.model).state_dict()
+    step1 = (weights[1]["embed.weight"] - init["embed.weight"]).abs().max().item()
+    step10 = (weights[10]["embed.weight"] - init["embed.weight"]).abs().max().item()
+    assert step1 > 0 and abs(step10 / step1 - 10.0) < 0.05
+    for name, w in weights[1].items():
+        if name != "embed.weight":
+            torch.testing.assert_close(w, weights[10][name], rtol=0, atol=0, msg=name)

@@ -95,6 +95,12 @@ class LM(nn.Module):
         nn.init.normal_(self.embed.weight, 0.0, std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.head.weight, 0.0, std)
+        if self.cfg.zero_init_out:
+            for name, mod in self.named_modules():
+                if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in ("o_proj", "w_down", "out_proj"):
+                    nn.init.zeros_(mod.weight)
+            if not self.cfg.tie_embeddings:
+                nn.init.zeros_(self.head.weight)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

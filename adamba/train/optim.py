@@ -14,21 +14,30 @@ from adamba.config import TrainConfig
 NO_DECAY_NAMES = ("A_log", "dt_bias", ".D", "norm", "embed")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, embed_lr_mult: float = 1.0) -> list[dict]:
+    """[decay, no_decay(, embed)] groups; each carries `lr_mult`, the factor the trainer applies to
+    the scheduled learning rate (embeddings get their own when embed_lr_mult != 1: their rows see
+    sparse, rare updates, so a higher rate speeds up early learning)."""
+    decay, no_decay, embed = [], [], []
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
+        if embed_lr_mult != 1.0 and name.startswith("embed."):
+            embed.append(p)
+        elif p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": embed, "weight_decay": 0.0, "lr_mult": embed_lr_mult},
+    ]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.embed_lr_mult)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)

@@ -188,7 +188,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 budget_fixed = True
             lr = cfg.train.lr * lr_multiplier(step, total, cfg.train)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_mult", 1.0)
             loss_acc = 0.0
             for _ in range(cfg.train.grad_accum):
                 x, y = next(loader)
