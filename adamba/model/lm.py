@@ -12,6 +12,7 @@ from torch import nn
 from adamba.config import ModelConfig
 from adamba.nn.mlp import MLP
 from adamba.nn.norm import RMSNorm
+from adamba.ops.linear_ce import linear_cross_entropy
 
 
 def build_mixer(kind: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
@@ -131,8 +132,13 @@ class LM(nn.Module):
         widths: list[float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logits [B,T,V], mean cross-entropy over targets != -100, or None).
-        `widths`: one Matryoshka width per layer (None = full width, the plain path)."""
-        logits = self.head(self.hidden(idx, state, widths))
+        `widths`: one Matryoshka width per layer (None = full width, the plain path).
+        Training (targets given, gradients on) takes the fused head + loss and returns logits
+        None: the [B,T,V] logits are never materialised whole (adamba/ops/linear_ce.py)."""
+        h = self.hidden(idx, state, widths)
+        if targets is not None and torch.is_grad_enabled():
+            return None, linear_cross_entropy(h, self.head.weight, targets)
+        logits = self.head(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
