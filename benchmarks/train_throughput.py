@@ -1,10 +1,10 @@
 """Training throughput and MFU of adamba's dense LM vs Hugging Face LlamaForCausalLM.
 
 Same shape (d_model, layers, heads, kv heads, MLP width, vocab), batch and sequence length,
-same AdamW step, measured in the same run with the timings interleaved so machine noise hits
-both alike. MFU is against this machine's measured fp32 matmul peak (printed).
+same AdamW step, measured in the same run with the timings interleaved (order rotated every
+round) so machine noise hits both alike; the median step time counts. MFU is against this machine's measured fp32 matmul peak (printed).
 
-    python benchmarks/train_throughput.py [--presets tiny-cpu,small-cpu] [--steps 6]
+    python benchmarks/train_throughput.py [--presets tiny-cpu,small-cpu] [--steps 12] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from adamba.config import load_config
 from adamba.model.lm import LM
+from adamba.nn.hf_twins import hf_llama
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -33,25 +34,6 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 def flops_per_token(n_params_no_embed: int, n_layer: int, d_attn: int, seq: int) -> float:
     """6N for the matmuls (forward + backward) plus attention scores/values (PaLM appendix B)."""
     return 6 * n_params_no_embed + 6 * n_layer * d_attn * seq
-
-
-def hf_llama(mcfg):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hidden = int(round(mcfg.mlp_ratio * mcfg.d_model))
-    cfg = LlamaConfig(
-        vocab_size=mcfg.vocab_size,
-        hidden_size=mcfg.d_model,
-        intermediate_size=hidden,
-        num_hidden_layers=mcfg.n_layer,
-        num_attention_heads=mcfg.n_head,
-        num_key_value_heads=mcfg.n_kv_head,
-        head_dim=mcfg.head_dim,
-        max_position_embeddings=mcfg.max_seq_len,
-        tie_word_embeddings=mcfg.tie_embeddings,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(cfg)
 
 
 def make_step(model, x, y, hf: bool):
@@ -74,17 +56,19 @@ def bench_preset(name: str, steps: int, peak: float) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randint(0, m.vocab_size, (B, T))
     y = torch.roll(x, -1, 1)
-    models = {"adamba (= Llama math)": LM(m), "transformers Llama": hf_llama(m)}
+    ours = LM(m)
+    models = {"adamba (= Llama math)": ours, "transformers Llama": hf_llama(ours)}  # same weights
     models["adamba preset (relu2+qknorm)"] = LM(load_config(name).model)
     fns = {k: make_step(v, x, y, k.startswith("transformers")) for k, v in models.items()}
     for f in fns.values():  # warm-up
         f()
         f()
     times = {k: [] for k in fns}
-    for _ in range(steps):  # interleaved
-        for k, f in fns.items():
+    names = list(fns)
+    for i in range(steps):  # interleaved, the order rotated each round (no position bias)
+        for k in names[i % len(names) :] + names[: i % len(names)]:
             t = time.perf_counter()
-            f()
+            fns[k]()
             times[k].append(time.perf_counter() - t)
     rows = []
     for k, mod in models.items():
@@ -114,7 +98,7 @@ def bench_preset(name: str, steps: int, peak: float) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="tiny-cpu,small-cpu")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()

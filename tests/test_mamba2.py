@@ -9,6 +9,7 @@ import torch
 from adamba.config import ModelConfig
 from adamba.errors import AdambaError
 from adamba.model.lm import LM
+from adamba.nn.hf_twins import hf_mamba2_mixer
 from adamba.nn.mamba2 import Mamba2
 
 
@@ -47,32 +48,6 @@ def test_decode_state_size_does_not_grow():
     assert state.conv.shape == (1, layer.conv_dim, 3) and state.ssm.shape == (1, 8, 16, 16)
 
 
-def _hf_mixer(layer: Mamba2, cfg: ModelConfig):
-    modeling = pytest.importorskip(
-        "transformers.models.mamba2.modeling_mamba2", reason="installed transformers has no Mamba2"
-    )
-    from transformers import Mamba2Config
-
-    hc = Mamba2Config(
-        hidden_size=cfg.d_model,
-        num_heads=layer.n_heads,
-        head_dim=cfg.mamba_headdim,
-        state_size=cfg.mamba_d_state,
-        expand=cfg.mamba_expand,
-        n_groups=cfg.mamba_ngroups,
-        conv_kernel=cfg.mamba_d_conv,
-        chunk_size=cfg.mamba_chunk_size,
-        use_bias=False,
-        use_conv_bias=True,
-        layer_norm_epsilon=cfg.norm_eps,
-        num_hidden_layers=1,
-        vocab_size=16,
-    )
-    hf = modeling.Mamba2Mixer(hc, layer_idx=0).eval()
-    hf.load_state_dict(layer.state_dict(), strict=True)  # same names and shapes, by design
-    return hf
-
-
 @pytest.mark.parametrize("ngroups,T", [(1, 45), (2, 70)])
 def test_matches_transformers_mamba2_mixer(ngroups, T):
     torch.manual_seed(1)
@@ -81,7 +56,9 @@ def test_matches_transformers_mamba2_mixer(ngroups, T):
     with torch.no_grad():  # non-trivial norm and conv weights, so every parameter matters
         layer.norm.weight.uniform_(0.5, 1.5)
         layer.D.uniform_(0.5, 1.5)
-    hf = _hf_mixer(layer, cfg)
+    hf = hf_mamba2_mixer(layer, cfg)
+    if hf is None:
+        pytest.skip("installed transformers has no Mamba2")
     x = torch.randn(2, T, 64)
     with torch.no_grad():
         ours, theirs = layer(x), hf(x)
