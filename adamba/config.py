@@ -165,6 +165,7 @@ class ElasticConfig:
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
+    exit_loss_weight: float = 0.0  # weight of the intermediate-layer LM loss (trains layers to exit)
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
     predictor_tol: float = 0.05  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
@@ -179,6 +180,9 @@ class ElasticConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
+        for name in ("gate_weight", "predictor_weight", "exit_loss_weight"):
+            if getattr(self, name) < 0:
+                raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
         if self.expand_layers < 0:
             raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
 

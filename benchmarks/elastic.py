@@ -1,18 +1,24 @@
 """Elastic compute on real text: what Matryoshka widths and early exit buy, measured.
 
-    python benchmarks/elastic.py prepare --text ../shared/data/tinyshakespeare/input.txt --out runs/el
-    python benchmarks/elastic.py train --out runs/el --steps 400      # elastic + dense full + dense half
-    python benchmarks/elastic.py measure --out runs/el                # table, JSON, PNG
+    python benchmarks/elastic.py prepare --text ../shared/data/tinyshakespeare/input.txt --out runs/el-ts
+    python benchmarks/elastic.py prepare --quickstart runs/quickstart --out runs/el-qs   # stdlib corpus
+    python benchmarks/elastic.py train --out runs/el-ts --steps 400 --set elastic.exit_loss_weight=0.1
+    python benchmarks/elastic.py measure --out runs/el-ts          # table, JSON, PNG
+    python benchmarks/elastic.py speed                             # ghost vs think decode speed vs width
+    python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
 
-`prepare` holds out the last 10% of the text (by characters, cut at a line) as validation, trains
-a byte-level BPE tokenizer on the rest and writes shards. `train` trains three models on the same
-tokens and steps: an 8-layer model with Matryoshka sandwich sampling, a dense model of the same
-shape (the dense baseline of the same parameters and tokens) and a dense model shaped like the
-elastic model's half-width sub-network (half the heads, half the MLP units), for MatFormer's
-"sub-model within 5% of a separately trained one". `measure` scores held-out sequences token by
-token under every compute mode (batch 1, KV cache, the way generation runs) and the dense peer
-in the same process, sweeps the exit threshold at full width, and writes
-benchmarks/results/elastic.json and elastic.png. Timings on a shared CPU are noisy: compare the
+`prepare` holds out the last 10% of a text (by characters, cut at a line) as validation, trains
+a byte-level BPE tokenizer on the rest and writes shards, or links a quickstart run's corpus.
+`train` trains three models on the same tokens and steps: an 8-layer model with Matryoshka
+sandwich sampling (+ `--set` overrides), a dense model of the same shape (the dense baseline of
+the same parameters and tokens) and a dense model shaped like the elastic model's half-width
+sub-network (half the heads, half the MLP units), for MatFormer's "sub-model within 5% of a
+separately trained one". `measure` scores every width and the dense peers on the whole
+validation split (batched), decodes held-out sequences token by token under every compute mode
+(batch 1, KV cache, the way generation runs), sweeps the exit threshold at full width, and
+writes benchmarks/results/elastic-<out>.json and .png. `speed` times ghost vs think decoding on
+random-weight models of growing width. `seed` re-runs the seed repository's tiny experiment
+(8 layers, widths 32..256, easy/hard mix). Timings on a shared CPU are noisy: compare the
 ratios within one run.
 """
 
@@ -29,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adamba.config import load_config  # noqa: E402
+from adamba.config import ElasticConfig, load_config  # noqa: E402
 from adamba.model import elastic as el  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,6 +50,7 @@ BASE = [
     "data.seq_len=128",
     "train.batch_size=16",
     "train.lr=3e-3",
+    "train.embed_lr_mult=1.0",  # as recorded in results/elastic.json (before tiny-cpu used 10)
     "train.eval_every=100",
     "train.eval_batches=8",
     "train.ckpt_every=100",
@@ -52,6 +59,21 @@ BASE = [
 ]
 ELASTIC = ["elastic.enabled=true", "elastic.widths=[0.125, 0.25, 0.5, 1.0]"]
 HALF = ["model.n_head=4", "model.n_kv_head=1", "model.head_dim=16", "model.mlp_ratio=2.0"]
+
+
+def link_quickstart(qs: Path, out: Path) -> None:
+    """Reuse a quickstart run's tokenizer and shards (the quickstart corpus) under out/."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src, dst in (
+        (qs / "tokenizer.json", "tokenizer.json"),
+        (qs / "data" / "train", "train"),
+        (qs / "data" / "val", "val"),
+    ):
+        if not src.exists():
+            raise SystemExit(f"{src} not found: run `adamba quickstart --out {qs}` first")
+        if not (out / dst).exists():
+            (out / dst).symlink_to(src.resolve())
+    print(f"quickstart corpus from {qs} -> {out}")
 
 
 def prepare(text: str, out: Path, vocab: int) -> None:
@@ -80,26 +102,47 @@ def data_overrides(out: Path) -> list[str]:
     ]
 
 
-def train_one(out: Path, name: str, steps: int) -> None:
+def train_one(out: Path, name: str, steps: int, extra: list[str]) -> None:
     from adamba.train.trainer import run
 
-    extra = {"elastic": ELASTIC, "dense": [], "half": HALF}[name]
-    over = BASE + data_overrides(out) + extra + [f"train.max_steps={steps}", f"run.out_dir={out / name}"]
+    over = BASE + data_overrides(out) + {"elastic": ELASTIC, "dense": [], "half": HALF}[name]
+    over += (extra if name == "elastic" else []) + [f"train.max_steps={steps}", f"run.out_dir={out / name}"]
     res = run(load_config("tiny-cpu", over))
     print(f"{name}: {res.steps} steps, {res.tokens_seen:,} tokens, val {res.val}, {res.elapsed_s:.0f}s")
+    log_path = out / "train_log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log[name] = {"steps": res.steps, "tokens": res.tokens_seen, "seconds": res.elapsed_s, "overrides": over}
+    log_path.write_text(json.dumps(log, indent=2))
+
+
+def val_tokens(out: Path) -> torch.Tensor:
+    from adamba.data.shards import load_tokens, read_manifest
+
+    shards = read_manifest(out / "val" / "manifest.jsonl")
+    return torch.cat([torch.as_tensor(load_tokens(s).astype("int64")) for s in shards])
 
 
 def val_sequences(out: Path, n: int, length: int) -> list[torch.Tensor]:
-    from adamba.data.shards import load_tokens, read_manifest
-
-    toks = torch.cat(
-        [
-            torch.as_tensor(load_tokens(s).astype("int64"))
-            for s in read_manifest(out / "val" / "manifest.jsonl")
-        ]
-    )
+    toks = val_tokens(out)
     step = max(length, (len(toks) - length) // n)
     return [toks[i * step : i * step + length] for i in range(n) if i * step + length <= len(toks)]
+
+
+def val_bpb(model, out: Path, token_bytes: torch.Tensor, widths: list[float] | None, seq: int = 128) -> float:
+    """Bits/byte over the whole validation split (batched teacher forcing, no exit): the
+    quality number per width, on every held-out token rather than a decoded sample."""
+    toks = val_tokens(out)
+    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)
+    nats, nbytes = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), 32):
+            x, y = rows[i : i + 32, :-1], rows[i : i + 32, 1:]
+            logits, _ = model(x, widths=widths)
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            b = token_bytes[y.flatten()]
+            nats += float((ce * (b > 0)).sum())
+            nbytes += int(b.sum())
+    return nats / (math.log(2) * max(1, nbytes))
 
 
 def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> float:
@@ -118,6 +161,28 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
     L = len(model.blocks)
     rows = {}
 
+    # 1. quality: bits/byte on the whole validation split, per width and for the dense peers
+    quality = {f"width={w:g}": val_bpb(model, out, tb, [w] * L) for w in ecfg.widths}
+    peers = {}
+    for peer in ("dense", "half"):
+        if (out / peer).exists():
+            peers[peer] = load_model(out / peer)[0]
+            quality[f"dense-{peer}"] = val_bpb(peers[peer], out, tb, None)
+    n_val = len(val_tokens(out))
+    print(f"validation bits/byte over {n_val:,} held-out tokens:")
+    for k, v in quality.items():
+        print(f"  {k:>12}  {v:.4f}")
+    ws = sorted(ecfg.widths)
+    checks = {
+        "monotone_in_width": all(
+            quality[f"width={a:g}"] > quality[f"width={b:g}"] for a, b in zip(ws, ws[1:])
+        ),
+    }
+    if "dense-half" in quality and 0.5 in ws:
+        checks["half_vs_separate"] = quality["width=0.5"] / quality["dense-half"] - 1
+    if "dense-dense" in quality:
+        checks["full_vs_dense"] = quality["width=1"] / quality["dense-dense"] - 1
+
     def score(name, m, policy, e=ecfg):
         ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt)
         summ.update(bpb=bpb_of(ce, tg, tb), tok_s=summ["tokens"] / max(1e-9, secs))
@@ -129,19 +194,13 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         )
         return pr
 
-    # dense peers first and last-ish in the same process: the dense model of the same shape
-    dense_rows = {}
-    for peer in ("dense", "half"):
-        if (out / peer).exists():
-            dm, _, dck = load_model(out / peer)
-            score(f"dense-{peer}", dm, el.Policy([1.0] * len(dm.blocks)), dck.cfg.elastic)
-            dense_rows[peer] = rows[f"dense-{peer}"]
+    # 2. compute modes, decoded token by token (batch 1, KV cache) next to the dense peers
+    print(f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch 1:")
+    for peer, dm in peers.items():
+        score(f"dense-{peer}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig())
     for mode in el.MODES:
         score(mode, model, el.mode_policy(mode, model, ecfg))
-    # exactness of width per mode is covered by tests; here: monotone bpb in width
-    for w in ecfg.widths:
-        score(f"width={w:g}", model, el.Policy([w] * L))
-    # threshold sweep: full width + early exit only, argmax change vs full model
+    # 3. threshold sweep: full width + early exit only, argmax change vs the full model
     full_pred = score("full", model, el.Policy([1.0] * L))
     sweep = []
     for thr in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
@@ -159,14 +218,75 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         print(
             f"   thr {thr}: argmax changed {sweep[-1]['argmax_changed']:.3%}, FLOPs skipped {sweep[-1]['layer_flops_skipped']:.3f}"
         )
-    res = {"rows": rows, "sweep": sweep, "n_seq": len(seqs), "length": length, "prompt": prompt}
+    d = (
+        next(x for x in sweep if x["threshold"] == ecfg.exit_threshold)
+        if ecfg.exit_threshold in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+        else None
+    )
+    if d:
+        checks["exit_at_default"] = {k: d[k] for k in ("argmax_changed", "layer_flops_skipped")}
+    checks["ghost_over_think_tok_s"] = rows["ghost"]["tok_s"] / rows["think"]["tok_s"]
+    print("checks:", json.dumps(checks))
+    res = {
+        "quality": quality,
+        "val_tokens": n_val,
+        "rows": rows,
+        "sweep": sweep,
+        "checks": checks,
+        "n_seq": len(seqs),
+        "length": length,
+        "prompt": prompt,
+        "train": json.loads((out / "train_log.json").read_text())
+        if (out / "train_log.json").exists()
+        else {},
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "elastic.json").write_text(json.dumps(res, indent=2))
-    plot(res)
+    (RESULTS / f"elastic-{out.name.removeprefix('el-')}.json").write_text(json.dumps(res, indent=2))
+    plot(res, RESULTS / f"elastic-{out.name.removeprefix('el-')}.png")
     return res
 
 
-def plot(res: dict) -> None:
+def speed_scaling(d_models: list[int], n_layer: int, tokens: int, prompt: int) -> list[dict]:
+    """Decode tokens/s of ghost vs think as the model widens (random weights: speed does not
+    depend on training). Shows where width slicing starts to pay on a CPU, where a small
+    model's per-token time is Python and dispatch overhead rather than matmul work."""
+    from adamba.config import ModelConfig
+    from adamba.model.lm import LM
+
+    torch.set_num_threads(1)
+    out = []
+    for d in d_models:
+        torch.manual_seed(0)
+        mcfg = ModelConfig(
+            vocab_size=1024, d_model=d, n_layer=n_layer, n_head=8, n_kv_head=2, max_seq_len=512
+        )
+        ecfg = ElasticConfig(enabled=True)
+        ecfg.validate()
+        model = el.attach_elastic(LM(mcfg), ecfg).eval()
+        seq = torch.randint(0, 1024, (prompt + tokens,))
+        row = {"d_model": d, "params": model.num_params()}
+        for mode in ("ghost", "whisper", "normal", "think"):
+            best = float("inf")
+            for _ in range(3):
+                _, _, _, _, secs = el.teacher_forced(
+                    model, ecfg, el.mode_policy(mode, model, ecfg), [seq], prompt
+                )
+                best = min(best, secs)
+            row[mode] = (tokens - 1) / best
+        row["ghost_over_think"] = row["ghost"] / row["think"]
+        print(
+            f"d_model {d:5} ({row['params'] / 1e6:5.1f}M): "
+            + "  ".join(f"{m} {row[m]:6.0f} tok/s" for m in ("ghost", "whisper", "normal", "think"))
+            + f"  ghost/think {row['ghost_over_think']:.2f}x",
+            flush=True,
+        )
+        out.append(row)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "elastic-speed.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def plot(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,31 +311,147 @@ def plot(res: dict) -> None:
     b.legend()
     b.set_title("early exit")
     fig.tight_layout()
-    fig.savefig(RESULTS / "elastic.png", dpi=120)
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------- the seed's tiny experiment
+
+SEED_WORDS = "red green blue cyan pink gold gray teal navy lime plum rose sand snow jade ruby".split()
+
+
+def seed_docs(n: int, seed: int) -> list[tuple[str, str]]:
+    """(kind, text) documents of an easy/hard mix, 70/30 as in the seed's toy task. Easy: a
+    cycle of 3-5 colour words repeated (after the first cycle every word is predictable from
+    shallow context). Hard: sums "a+b=c" of two 2-digit numbers, where the answer digits
+    need the computation (the depth) the rest does not."""
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        if rng.random() < 0.7:
+            cyc = rng.sample(SEED_WORDS, rng.randint(3, 5))
+            docs.append(("easy", " ".join(cyc[i % len(cyc)] for i in range(40))))
+        else:
+            sums = []
+            for _ in range(8):
+                a, b = rng.randint(10, 99), rng.randint(10, 99)
+                sums.append(f"{a}+{b}={a + b}")
+            docs.append(("hard", " ".join(sums)))
+    return docs
+
+
+def seed_experiment(out: Path, steps: int) -> dict:
+    """8 layers, widths 32..256 (d_model 256, 8 heads of 32: widths 1/8..1 keep 1..8 heads and
+    the matching MLP units), trained with Matryoshka sampling + gate + predictor on the
+    easy/hard mix; then auto mode decodes held-out easy and hard documents and counts early
+    exits and expansions, next to the seed's claimed 71.5% / 3%."""
+    from adamba.data.shards import write_shards
+    from adamba.data.tokenizer import Tokenizer
+    from adamba.serve.generate import load_model
+    from adamba.train.trainer import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    train_docs, val_docs = seed_docs(6000, 0), seed_docs(200, 1)
+    tok = Tokenizer.train((t for _, t in train_docs), 512)
+    tok.save(out / "tokenizer.json")
+    write_shards([t for _, t in train_docs], tok, out / "train", source="seed-train")
+    write_shards([t for _, t in val_docs], tok, out / "val", source="seed-val")
+    over = (
+        data_overrides(out)
+        + ELASTIC
+        + [
+            "model.d_model=256",
+            "model.n_layer=8",
+            "model.n_head=8",
+            "model.n_kv_head=8",
+            "model.max_seq_len=64",
+            "data.seq_len=64",
+            "train.batch_size=16",
+            "train.lr=3e-3",
+            "train.eval_every=0",
+            "train.ckpt_every=100",
+            "train.threads=1",
+            "run.progress=false",
+            "elastic.exit_loss_weight=0.1",
+            f"train.max_steps={steps}",
+            f"run.out_dir={out / 'elastic'}",
+        ]
+    )
+    res = run(load_config("tiny-cpu", over))
+    model, tok, ckpt = load_model(out / "elastic")
+    ecfg = ckpt.cfg.elastic
+    result = {
+        "steps": res.steps,
+        "tokens": res.tokens_seen,
+        "train_s": res.elapsed_s,
+        "seed_claim": {"exit": 0.715, "expand": 0.03},
+    }
+    for kind in ("easy", "hard"):
+        take = 28 if kind == "easy" else 12  # the 70/30 mix, so pooled rates weight it right
+        seqs = [torch.tensor([tok.bos_id] + tok.encode(t)) for k, t in val_docs if k == kind][:take]
+        ce, tg, pr, summ, secs = el.teacher_forced(model, ecfg, el.mode_policy("auto", model, ecfg), seqs, 4)
+        _, _, full_pr, _, _ = el.teacher_forced(model, ecfg, el.Policy([1.0] * len(model.blocks)), seqs, 4)
+        summ["argmax_changed_vs_full"] = float((pr != full_pr).float().mean())
+        summ["accuracy"] = float((pr == tg).float().mean())
+        result[kind] = summ
+        print(
+            f"{kind}: exit {summ['exit_rate']:.1%}  expand {summ['expand_rate']:.1%}  FLOPs {summ['flops_rel']:.2f}  "
+            f"next-token accuracy {summ['accuracy']:.1%}  argmax changed vs full {summ['argmax_changed_vs_full']:.1%}  "
+            f"exit layers {summ['exit_hist']}",
+            flush=True,
+        )
+    n = {k: result[k]["tokens"] for k in ("easy", "hard")}
+    for key in ("exit_rate", "expand_rate"):
+        result[f"mix_{key}"] = sum(result[k][key] * n[k] for k in n) / sum(n.values())
+    print(
+        f"mix: exit {result['mix_exit_rate']:.1%}, expand {result['mix_expand_rate']:.1%} "
+        f"(seed claimed 71.5% / 3%)"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "elastic-seed.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare")
-    a.add_argument("--text", required=True)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="a text file: last 10%% held out, tokenizer trained on the rest")
+    src.add_argument("--quickstart", type=Path, help="reuse an `adamba quickstart --out DIR` corpus")
     a.add_argument("--out", required=True, type=Path)
     a.add_argument("--vocab", type=int, default=1024)
     t = sub.add_parser("train")
     t.add_argument("--out", required=True, type=Path)
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--only", choices=["elastic", "dense", "half"], action="append")
+    t.add_argument("--set", action="append", default=[], help="extra overrides for the elastic model")
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
-    m.add_argument("--n-seq", type=int, default=8)
+    m.add_argument("--n-seq", type=int, default=16)
     m.add_argument("--length", type=int, default=128)
     m.add_argument("--prompt", type=int, default=16)
+    sp = sub.add_parser("speed")
+    sp.add_argument("--d-models", default="128,256,512,1024")
+    sp.add_argument("--layers", type=int, default=8)
+    sp.add_argument("--tokens", type=int, default=64)
+    sd = sub.add_parser("seed")
+    sd.add_argument("--out", required=True, type=Path)
+    sd.add_argument("--steps", type=int, default=300)
     args = p.parse_args()
-    if args.cmd == "prepare":
-        prepare(args.text, args.out, args.vocab)
+    if args.cmd == "seed":
+        seed_experiment(args.out, args.steps)
+    elif args.cmd == "prepare":
+        if args.quickstart:
+            link_quickstart(args.quickstart, args.out)
+        else:
+            prepare(args.text, args.out, args.vocab)
     elif args.cmd == "train":
         for name in args.only or ["elastic", "dense", "half"]:
-            train_one(args.out, name, args.steps)
+            train_one(args.out, name, args.steps, args.set)
+    elif args.cmd == "speed":
+        speed_scaling([int(x) for x in args.d_models.split(",")], args.layers, args.tokens, 16)
     else:
         measure(args.out, args.n_seq, args.length, args.prompt)
 

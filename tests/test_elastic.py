@@ -351,3 +351,25 @@ def test_early_exit_copies_kv_forward_calm_style():
         torch.testing.assert_close(r.state[j].k[:, :, :5], state[j].k[:, :, :5], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(r.state[j].v[:, :, :5], state[j].v[:, :, :5], atol=1e-6, rtol=1e-6)
     assert r.stats.flops[0] < r.stats.full_flops[0]
+
+
+def test_exit_loss_trains_early_layers_only():
+    """exit_loss_weight adds intermediate-layer CE: it moves the layers below the last one and
+    leaves the last layer's gradient untouched (no intermediate state depends on it)."""
+    torch.manual_seed(0)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS))
+    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    grads, totals = {}, {}
+    for wgt in (0.0, 0.5):
+        ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0, exit_loss_weight=wgt)
+        model.zero_grad()
+        torch.manual_seed(5)
+        total, _ = el.elastic_loss(model, x, y, ecfg)
+        total.backward()
+        totals[wgt] = float(total.detach())
+        grads[wgt] = [b.mlp.w_up.weight.grad.clone() for b in model.blocks]
+    assert totals[0.5] > totals[0.0]
+    assert not torch.allclose(grads[0.5][0], grads[0.0][0])
+    assert torch.equal(grads[0.5][2], grads[0.0][2])
+    with pytest.raises(AdambaError, match="exit_loss_weight"):
+        ElasticConfig(enabled=True, exit_loss_weight=-1.0).validate()

@@ -18,6 +18,12 @@ so their losses cannot move the LM weights:
     head applied to this layer's hidden state gives the same argmax as the full-width model's
     final layer", per token, padding (-100) masked, on a random `gate_token_frac` of positions
     (each scored position costs one LM-head matmul per layer).
+  * Early-exit loss (`exit_loss_weight` > 0, LayerSkip / CALM style): on the same scored
+    positions of the full-width pass, the cross-entropy of every intermediate layer's hidden
+    state through the shared final norm + LM head, averaged over layers. Unlike the two heads
+    this term does move the LM weights: it makes early layers predictive, which is what gives
+    the gate tokens it can safely exit (without it a small model's early layers rarely agree
+    with its last one).
   * LayerDimPredictor, a 2-layer MLP on the mean (over non-padding positions) of the full-width
     hidden state after `predictor_layer` layers, emitting for every later layer and every width
     the probability that the width is good enough. Target, per example and per sampled width w:
@@ -141,7 +147,7 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
     n_valid = valid.sum(1).clamp(min=1)
     heads: ElasticHeads = model.elastic
     lm_terms, per_example, full_ce = [], {}, None
-    gate_terms = []
+    gate_terms, exit_terms = [], []
     full_argmax, full_hs = None, None
     for w in sample:
         h, hs = run_layers(model, x, [w] * L, keep=True)
@@ -155,17 +161,25 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
             full_ce = lm_terms[-1]
             full_argmax = logits.detach().argmax(-1)
             full_hs = hs
-        # gate targets on a random subset of real (non-padding) positions
+        # gate targets (and exit-loss terms) on a random subset of real (non-padding) positions
         sel = valid & (torch.rand(y.shape, device=y.device) < ecfg.gate_token_frac)
-        if sel.any() and ecfg.gate_weight > 0:
+        train_exit = w == 1.0 and ecfg.exit_loss_weight > 0
+        if sel.any() and (ecfg.gate_weight > 0 or train_exit):
             tgt_arg = full_argmax[sel]
             for li in range(L - 1):
-                hl = hs[li].detach()[sel]
-                with torch.no_grad():
-                    agree = (model.head(model.norm(hl)).argmax(-1) == tgt_arg).float()
-                gate_terms.append(F.binary_cross_entropy_with_logits(heads.gate_logit(li, hl), agree))
+                hl = hs[li][sel]
+                with torch.set_grad_enabled(train_exit and torch.is_grad_enabled()):
+                    lg = model.head(model.norm(hl if train_exit else hl.detach()))
+                if train_exit:  # LayerSkip-style: teach layer li's state to predict the next token
+                    exit_terms.append(F.cross_entropy(lg.float(), y[sel]))
+                agree = (lg.detach().argmax(-1) == tgt_arg).float()
+                gate_terms.append(
+                    F.binary_cross_entropy_with_logits(heads.gate_logit(li, hl.detach()), agree)
+                )
     total = torch.stack(lm_terms).mean()
-    if gate_terms:
+    if exit_terms:
+        total = total + ecfg.exit_loss_weight * torch.stack(exit_terms).mean()
+    if gate_terms and ecfg.gate_weight > 0:
         total = total + ecfg.gate_weight * torch.stack(gate_terms).mean()
     if ecfg.predictor_weight > 0 and len(sample) > 1:
         k = ecfg.predictor_layer
