@@ -164,6 +164,7 @@ class ElasticConfig:
     expand_threshold: float = 0.5  # gate probability below which the last layers run at full width
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
+    gate_hidden: int = 0  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.0  # weight of the intermediate-layer LM loss (trains layers to exit)
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
@@ -183,6 +184,8 @@ class ElasticConfig:
         for name in ("gate_weight", "predictor_weight", "exit_loss_weight"):
             if getattr(self, name) < 0:
                 raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
+        if self.gate_hidden < 0:
+            raise AdambaError(f"elastic.gate_hidden={self.gate_hidden} must be >= 0 (0 = a linear gate)")
         if self.expand_layers < 0:
             raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
 

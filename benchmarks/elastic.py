@@ -145,6 +145,31 @@ def val_bpb(model, out: Path, token_bytes: torch.Tensor, widths: list[float] | N
     return nats / (math.log(2) * max(1, nbytes))
 
 
+def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
+    """Headroom of early exit: the first layer whose hidden state, through the final norm + head,
+    already gives the full model's argmax, per held-out token (batched, full width, states not
+    copied forward). An ideal gate exiting there changes no prediction; the layer fraction it
+    skips bounds what any gate can save at zero argmax change."""
+    L = len(model.blocks)
+    toks = val_tokens(out)
+    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:max_rows]
+    firsts = []
+    with torch.no_grad():
+        for i in range(0, len(rows), 32):
+            h, hs = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L, keep=True)
+            final = model.head(model.norm(h)).argmax(-1)
+            agree = [model.head(model.norm(x)).argmax(-1) == final for x in hs[:-1]]
+            agree.append(torch.ones_like(final, dtype=torch.bool))
+            layer = torch.arange(L)[:, None, None]
+            firsts.append(torch.where(torch.stack(agree), layer, L).min(0).values.flatten())
+    first = torch.cat(firsts)
+    return {
+        "layers_skipped": float(((L - 1 - first) / L).float().mean()),
+        "first_agreeing_layer_hist": torch.bincount(first, minlength=L).tolist(),
+        "tokens": len(first),
+    }
+
+
 def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> float:
     b = token_bytes[tgts]
     return float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))
@@ -200,6 +225,11 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         score(f"dense-{peer}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig())
     for mode in el.MODES:
         score(mode, model, el.mode_policy(mode, model, ecfg))
+    oracle = oracle_exit(model, out)
+    print(
+        f"ideal gate (exit at the first layer that already agrees): {oracle['layers_skipped']:.1%} of layers "
+        f"skipped over {oracle['tokens']:,} tokens; first-agreeing-layer histogram {oracle['first_agreeing_layer_hist']}"
+    )
     # 3. threshold sweep: full width + early exit only, argmax change vs the full model
     full_pred = score("full", model, el.Policy([1.0] * L))
     sweep = []
@@ -232,6 +262,7 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         "val_tokens": n_val,
         "rows": rows,
         "sweep": sweep,
+        "oracle_exit": oracle,
         "checks": checks,
         "n_seq": len(seqs),
         "length": length,

@@ -193,10 +193,11 @@ def elastic_overrides(data, out, steps=8):
     ]
 
 
-def test_sandwich_loss_trains_all_widths_and_heads():
+@pytest.mark.parametrize("gate_hidden", [0, 16])
+def test_sandwich_loss_trains_all_widths_and_heads(gate_hidden):
     torch.manual_seed(0)
     cfg = tiny(n_layer=2)
-    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0)
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0, gate_hidden=gate_hidden)
     model = el.attach_elastic(LM(cfg), ecfg)
     x = torch.randint(0, 97, (2, 12))
     y = torch.randint(0, 97, (2, 12))
@@ -206,7 +207,7 @@ def test_sandwich_loss_trains_all_widths_and_heads():
     assert torch.equal(full, ref)
     total.backward()
     heads = model.elastic
-    assert heads.gates[0].weight.grad.abs().sum() > 0
+    assert all(p.grad.abs().sum() > 0 for p in heads.gates[0].parameters())
     assert heads.predictor[0].weight.grad.abs().sum() > 0
     # the narrow prefix of units is trained by every width, the rest only by the full width
     n = model.blocks[0].mlp.units_at(min(WIDTHS))
@@ -328,7 +329,7 @@ def test_early_exit_copies_kv_forward_calm_style():
     its exit hidden state: later tokens attend to it exactly as if that state were the input."""
     torch.manual_seed(0)
     cfg = tiny(n_layer=3)
-    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_hidden=0)  # linear gates: bias decides
     model = el.attach_elastic(LM(cfg), ecfg).eval()
     with torch.no_grad():  # gate of layer 0 always fires, layer 1 never
         model.elastic.gates[0].bias.fill_(20.0)

@@ -89,14 +89,20 @@ def require_elastic(ecfg: ElasticConfig, what: str = "a compute mode") -> None:
 
 
 class ElasticHeads(nn.Module):
-    """The ConfidenceGate (one Linear(d, 1) per layer but the last) and the LayerDimPredictor."""
+    """The ConfidenceGate (per layer but the last: Linear(d, 1), or a d -> gate_hidden -> 1 MLP)
+    and the LayerDimPredictor."""
 
     def __init__(self, mcfg: ModelConfig, ecfg: ElasticConfig):
         super().__init__()
         d, L, W = mcfg.d_model, mcfg.n_layer, len(ecfg.widths)
         self.widths = list(ecfg.widths)
         self.ecfg = ecfg  # thresholds and widths the model was trained with (not a weight)
-        self.gates = nn.ModuleList(nn.Linear(d, 1) for _ in range(L - 1))
+        g = ecfg.gate_hidden
+        self.gates = nn.ModuleList(
+            nn.Sequential(nn.Linear(d, g), nn.ReLU(), nn.Linear(g, 1)) if g else nn.Linear(d, 1)
+            for _ in range(L - 1)
+        )
+        self.gate_flops = 2 * (d * g + g) if g else 2 * d  # per token per gated layer
         self.predictor = nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, L * W))
         self.n_layer, self.n_widths = L, W
         for m in self.modules():
@@ -381,7 +387,7 @@ class ElasticRunner:
             if not gated or i == L - 1:
                 continue
             g = float(torch.sigmoid(m.elastic.gate_logit(i, x)))
-            flops += 2 * d
+            flops += m.elastic.gate_flops
             if pol.exit_threshold is not None and g > pol.exit_threshold:
                 exit_at = i
                 for j in range(i + 1, L):
