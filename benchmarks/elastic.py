@@ -6,6 +6,7 @@
     python benchmarks/elastic.py measure --out runs/el-ts          # table, JSON, PNG
     python benchmarks/elastic.py speed                             # ghost vs think decode speed vs width
     python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
+    python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
 
 `prepare` holds out the last 10% of a text (by characters, cut at a line) as validation, trains
 a byte-level BPE tokenizer on the rest and writes shards, or links a quickstart run's corpus.
@@ -345,6 +346,67 @@ def plot(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def calm_sweep(out: Path, rows_max: int = 128, seq: int = 128) -> list[dict]:
+    """CALM's softmax-response exit, simulated offline on the trained elastic model: at the
+    checked layers, exit when the intermediate prediction's top-1 minus top-2 probability is
+    >= the threshold. Batched at full width without copy-forward (an approximation of decoding);
+    FLOPs count each check's LM-head matmul, which the ConfidenceGate avoids."""
+    from adamba.serve.generate import load_model
+
+    model = load_model(out / "elastic")[0]
+    L, D, V = len(model.blocks), model.cfg.d_model, model.cfg.vocab_size
+    toks = val_tokens(out)
+    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:rows_max]
+    margin, agree = [], []
+    with torch.no_grad():
+        for i in range(0, len(rows), 32):
+            h, hs = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L, keep=True)
+            final = model.head(model.norm(h)).argmax(-1).flatten()
+            for j, x in enumerate(hs[:-1]):
+                p = model.head(model.norm(x)).float().softmax(-1).flatten(0, 1)
+                top = p.topk(2, -1).values
+                if i == 0:
+                    margin.append([])
+                    agree.append([])
+                margin[j].append(top[:, 0] - top[:, 1])
+                agree[j].append(p.argmax(-1) == final)
+    M = torch.stack([torch.cat(m) for m in margin])
+    A = torch.stack([torch.cat(a) for a in agree])
+    runner = el.ElasticRunner(model, ElasticConfig(enabled=True), el.Policy([1.0] * L))
+    layer = runner._layer_flops(0, 1.0, seq // 2)  # a mid-sequence token's layer cost
+    head = 2 * D * V
+    full = L * layer + head
+    out_rows = []
+    for check in ([0], [1], [0, 2], [0, 1, 2, 3]):
+        for thr in (0.3, 0.5, 0.7, 0.9):
+            n = M.shape[1]
+            done = torch.zeros(n, dtype=torch.bool)
+            at = torch.full((n,), L - 1)
+            changed = torch.zeros(n, dtype=torch.bool)
+            cost = torch.zeros(n)
+            for li in check:
+                cost[~done] += head
+                go = ~done & (M[li] >= thr)
+                at[go], changed[go] = li, ~A[li][go]
+                done |= go
+            flops = (at + 1) * layer + cost + head * (~done)
+            r = {
+                "checked_layers": check,
+                "threshold": thr,
+                "exit_rate": float(done.float().mean()),
+                "argmax_changed": float(changed.float().mean()),
+                "flops_skipped": float(1 - flops.float().mean() / full),
+            }
+            out_rows.append(r)
+            print(
+                f"check layers {check} margin >= {thr}: exit {r['exit_rate']:.1%}, argmax changed "
+                f"{r['argmax_changed']:.2%}, FLOPs skipped {r['flops_skipped']:.1%}"
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"elastic-calm-{out.name.removeprefix('el-')}.json").write_text(json.dumps(out_rows, indent=2))
+    return out_rows
+
+
 # ---------------------------------------------------------------- the seed's tiny experiment
 
 SEED_WORDS = "red green blue cyan pink gold gray teal navy lime plum rose sand snow jade ruby".split()
@@ -467,12 +529,16 @@ def main() -> None:
     sp.add_argument("--d-models", default="128,256,512,1024")
     sp.add_argument("--layers", type=int, default=8)
     sp.add_argument("--tokens", type=int, default=64)
+    cm = sub.add_parser("calm")
+    cm.add_argument("--out", required=True, type=Path)
     sd = sub.add_parser("seed")
     sd.add_argument("--out", required=True, type=Path)
     sd.add_argument("--steps", type=int, default=300)
     args = p.parse_args()
     if args.cmd == "seed":
         seed_experiment(args.out, args.steps)
+    elif args.cmd == "calm":
+        calm_sweep(args.out)
     elif args.cmd == "prepare":
         if args.quickstart:
             link_quickstart(args.quickstart, args.out)
