@@ -7,6 +7,7 @@
     python benchmarks/elastic.py speed                             # ghost vs think decode speed vs width
     python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
     python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
+    python benchmarks/elastic.py probe --out runs/el-ts --hidden 64  # a gate fit after training
 
 `prepare` holds out the last 10% of a text (by characters, cut at a line) as validation, trains
 a byte-level BPE tokenizer on the rest and writes shards, or links a quickstart run's corpus.
@@ -32,6 +33,8 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -407,6 +410,74 @@ def calm_sweep(out: Path, rows_max: int = 128, seq: int = 128) -> list[dict]:
     return out_rows
 
 
+def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, steps: int = 300) -> list[dict]:
+    """How good could a ConfidenceGate be on this model? Fit a fresh gate per layer (the
+    ConfidenceGate's form: rms-normed hidden state -> Linear, or an MLP with `hidden` units) to
+    full-width agreement with the final argmax, after training, on the first 2/3 of the
+    validation rows; score the exit rule on the last third (batched, no copy-forward, layers
+    skipped as the cost). The gap to the in-training gate says how much the gate's training
+    (sandwich-mixed widths, a moving LM) costs."""
+    from adamba.serve.generate import load_model
+
+    torch.manual_seed(0)
+    model = load_model(out / "elastic")[0]
+    L = len(model.blocks)
+    toks = val_tokens(out)
+    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:rows_max]
+    H, A = [], []
+    with torch.no_grad():
+        for i in range(0, len(rows), 32):
+            h, hs = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L, keep=True)
+            final = model.head(model.norm(h)).argmax(-1)
+            H.append(torch.stack([F.rms_norm(x, (x.shape[-1],)) for x in hs[:-1]]).flatten(1, 2))
+            A.append(torch.stack([model.head(model.norm(x)).argmax(-1) == final for x in hs[:-1]]).flatten(1))
+    H, A = torch.cat(H, 1), torch.cat(A, 1).float()
+    n_fit = H.shape[1] * 2 // 3
+    probs = []
+    for li in range(L - 1):
+        d = H.shape[-1]
+        g = (
+            nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            if hidden
+            else nn.Linear(d, 1)
+        )
+        opt = torch.optim.Adam(g.parameters(), 3e-3)
+        for _ in range(steps):
+            idx = torch.randint(0, n_fit, (4096,))
+            loss = F.binary_cross_entropy_with_logits(g(H[li, idx]).squeeze(-1), A[li, idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            probs.append(torch.sigmoid(g(H[li, n_fit:]).squeeze(-1)))
+    P, agree = torch.stack(probs), A[:, n_fit:].bool()
+    res = []
+    for thr in (0.7, 0.8, 0.9, 0.95):
+        n = P.shape[1]
+        done, changed = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        at = torch.full((n,), L - 1)
+        for li in range(L - 1):
+            go = ~done & (P[li] > thr)
+            at[go], changed[go] = li, ~agree[li][go]
+            done |= go
+        r = {
+            "gate_hidden": hidden,
+            "threshold": thr,
+            "exit_rate": float(done.float().mean()),
+            "argmax_changed": float(changed.float().mean()),
+            "layers_skipped": float(((L - 1 - at).float() / L).mean()),
+        }
+        res.append(r)
+        print(
+            f"post-hoc gate (hidden {hidden}) > {thr}: exit {r['exit_rate']:.1%}, argmax changed "
+            f"{r['argmax_changed']:.2%}, layers skipped {r['layers_skipped']:.1%}"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"elastic-probe{hidden}-{out.name.removeprefix('el-')}.json"
+    (RESULTS / name).write_text(json.dumps(res, indent=2))
+    return res
+
+
 # ---------------------------------------------------------------- the seed's tiny experiment
 
 SEED_WORDS = "red green blue cyan pink gold gray teal navy lime plum rose sand snow jade ruby".split()
@@ -529,6 +600,9 @@ def main() -> None:
     sp.add_argument("--d-models", default="128,256,512,1024")
     sp.add_argument("--layers", type=int, default=8)
     sp.add_argument("--tokens", type=int, default=64)
+    pr = sub.add_parser("probe")
+    pr.add_argument("--out", required=True, type=Path)
+    pr.add_argument("--hidden", type=int, default=0)
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
     sd = sub.add_parser("seed")
@@ -537,6 +611,8 @@ def main() -> None:
     args = p.parse_args()
     if args.cmd == "seed":
         seed_experiment(args.out, args.steps)
+    elif args.cmd == "probe":
+        gate_probe(args.out, args.hidden)
     elif args.cmd == "calm":
         calm_sweep(args.out)
     elif args.cmd == "prepare":
