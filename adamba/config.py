@@ -165,6 +165,7 @@ class ElasticConfig:
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
     gate_hidden: int = 0  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
+    gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.0  # weight of the intermediate-layer LM loss (trains layers to exit)
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)

@@ -374,3 +374,21 @@ def test_exit_loss_trains_early_layers_only():
     assert torch.equal(grads[0.5][2], grads[0.0][2])
     with pytest.raises(AdambaError, match="exit_loss_weight"):
         ElasticConfig(enabled=True, exit_loss_weight=-1.0).validate()
+
+
+def test_gate_full_only_changes_gate_targets_not_lm_gradients():
+    """gate_full_only: the gate learns from the full-width pass alone; the LM's gradients are
+    the same either way (gate inputs are detached)."""
+    torch.manual_seed(0)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS))
+    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    gate, lm = {}, {}
+    for full_only in (False, True):
+        ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0, gate_full_only=full_only)
+        model.zero_grad()
+        torch.manual_seed(5)
+        el.elastic_loss(model, x, y, ecfg)[0].backward()
+        gate[full_only] = model.elastic.gates[0].weight.grad.clone()
+        lm[full_only] = model.blocks[0].mlp.w_up.weight.grad.clone()
+    assert torch.equal(lm[False], lm[True])
+    assert not torch.allclose(gate[False], gate[True])

@@ -170,7 +170,8 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
         # gate targets (and exit-loss terms) on a random subset of real (non-padding) positions
         sel = valid & (torch.rand(y.shape, device=y.device) < ecfg.gate_token_frac)
         train_exit = w == 1.0 and ecfg.exit_loss_weight > 0
-        if sel.any() and (ecfg.gate_weight > 0 or train_exit):
+        train_gate = ecfg.gate_weight > 0 and (w == 1.0 or not ecfg.gate_full_only)
+        if sel.any() and (train_gate or train_exit):
             tgt_arg = full_argmax[sel]
             for li in range(L - 1):
                 hl = hs[li][sel]
@@ -178,14 +179,15 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
                     lg = model.head(model.norm(hl if train_exit else hl.detach()))
                 if train_exit:  # LayerSkip-style: teach layer li's state to predict the next token
                     exit_terms.append(F.cross_entropy(lg.float(), y[sel]))
-                agree = (lg.detach().argmax(-1) == tgt_arg).float()
-                gate_terms.append(
-                    F.binary_cross_entropy_with_logits(heads.gate_logit(li, hl.detach()), agree)
-                )
+                if train_gate:
+                    agree = (lg.detach().argmax(-1) == tgt_arg).float()
+                    gate_terms.append(
+                        F.binary_cross_entropy_with_logits(heads.gate_logit(li, hl.detach()), agree)
+                    )
     total = torch.stack(lm_terms).mean()
     if exit_terms:
         total = total + ecfg.exit_loss_weight * torch.stack(exit_terms).mean()
-    if gate_terms and ecfg.gate_weight > 0:
+    if gate_terms:
         total = total + ecfg.gate_weight * torch.stack(gate_terms).mean()
     if ecfg.predictor_weight > 0 and len(sample) > 1:
         k = ecfg.predictor_layer
