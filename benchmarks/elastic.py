@@ -126,6 +126,12 @@ def val_tokens(out: Path) -> torch.Tensor:
     return torch.cat([torch.as_tensor(load_tokens(s).astype("int64")) for s in shards])
 
 
+def val_rows(out: Path, seq: int, max_rows: int | None = None) -> torch.Tensor:
+    """The validation tokens cut into [rows, seq + 1] windows (inputs and shifted targets)."""
+    toks = val_tokens(out)
+    return toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:max_rows]
+
+
 def val_sequences(out: Path, n: int, length: int) -> list[torch.Tensor]:
     toks = val_tokens(out)
     step = max(length, (len(toks) - length) // n)
@@ -135,8 +141,7 @@ def val_sequences(out: Path, n: int, length: int) -> list[torch.Tensor]:
 def val_bpb(model, out: Path, token_bytes: torch.Tensor, widths: list[float] | None, seq: int = 128) -> float:
     """Bits/byte over the whole validation split (batched teacher forcing, no exit): the
     quality number per width, on every held-out token rather than a decoded sample."""
-    toks = val_tokens(out)
-    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)
+    rows = val_rows(out, seq)
     nats, nbytes = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows), 32):
@@ -155,8 +160,7 @@ def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     copied forward). An ideal gate exiting there changes no prediction; the layer fraction it
     skips bounds what any gate can save at zero argmax change."""
     L = len(model.blocks)
-    toks = val_tokens(out)
-    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:max_rows]
+    rows = val_rows(out, seq, max_rows)
     firsts = []
     with torch.no_grad():
         for i in range(0, len(rows), 32):
@@ -358,8 +362,7 @@ def calm_sweep(out: Path, rows_max: int = 128, seq: int = 128) -> list[dict]:
 
     model = load_model(out / "elastic")[0]
     L, D, V = len(model.blocks), model.cfg.d_model, model.cfg.vocab_size
-    toks = val_tokens(out)
-    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:rows_max]
+    rows = val_rows(out, seq, rows_max)
     margin, agree = [], []
     with torch.no_grad():
         for i in range(0, len(rows), 32):
@@ -422,8 +425,7 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     torch.manual_seed(0)
     model = load_model(out / "elastic")[0]
     L = len(model.blocks)
-    toks = val_tokens(out)
-    rows = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)[:rows_max]
+    rows = val_rows(out, seq, rows_max)
     H, A = [], []
     with torch.no_grad():
         for i in range(0, len(rows), 32):
