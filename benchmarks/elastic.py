@@ -8,6 +8,7 @@
     python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
     python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
     python benchmarks/elastic.py probe --out runs/el-ts --hidden 64  # a gate fit after training
+    python benchmarks/elastic.py calibrate --out runs/el-ts          # same, decoded for real
 
 `prepare` holds out the last 10% of a text (by characters, cut at a line) as validation, trains
 a byte-level BPE tokenizer on the rest and writes shards, or links a quickstart run's corpus.
@@ -248,13 +249,14 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
             {
                 "threshold": thr,
                 "argmax_changed": float((pr != full_pred).float().mean()),
-                "layer_flops_skipped": 1 - r["flops_rel"],
+                "layer_flops_skipped": 1 - r["layer_flops_rel"],
+                "flops_skipped": 1 - r["flops_rel"],
                 "exit_rate": r["exit_rate"],
                 "bpb": r["bpb"],
             }
         )
         print(
-            f"   thr {thr}: argmax changed {sweep[-1]['argmax_changed']:.3%}, FLOPs skipped {sweep[-1]['layer_flops_skipped']:.3f}"
+            f"   thr {thr}: argmax changed {sweep[-1]['argmax_changed']:.3%}, layer FLOPs skipped {sweep[-1]['layer_flops_skipped']:.3f}"
         )
     d = (
         next(x for x in sweep if x["threshold"] == ecfg.exit_threshold)
@@ -345,7 +347,9 @@ def plot(res: dict, path: Path) -> None:
     a.set_title("compute modes")
     s = res["sweep"]
     b.plot([x["threshold"] for x in s], [x["argmax_changed"] for x in s], "o-", label="argmax changed")
-    b.plot([x["threshold"] for x in s], [x["layer_flops_skipped"] for x in s], "s-", label="FLOPs skipped")
+    b.plot(
+        [x["threshold"] for x in s], [x["layer_flops_skipped"] for x in s], "s-", label="layer FLOPs skipped"
+    )
     b.set_xlabel("exit threshold (full width)")
     b.legend()
     b.set_title("early exit")
@@ -480,6 +484,62 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     return res
 
 
+def calibrated_sweep(out: Path, hidden: int, steps: int, n_seq: int, length: int, prompt: int) -> list[dict]:
+    """The gate fitted after training, measured on the real decoding path: replace the trained
+    model's ConfidenceGate with a fresh one (linear, or an MLP of `hidden` units), fit it with the
+    LM frozen to full-width agreement on *training* batches, then decode the held-out sequences
+    (batch 1, copy-forward KV) at several exit thresholds."""
+    from adamba.data.loader import TokenLoader
+    from adamba.serve.generate import load_model
+
+    torch.manual_seed(0)
+    model, _, ckpt = load_model(out / "elastic")
+    ecfg = ckpt.cfg.elastic
+    L = len(model.blocks)
+    fresh = el.ElasticHeads(model.cfg, ElasticConfig(enabled=True, widths=ecfg.widths, gate_hidden=hidden))
+    model.elastic.gates, model.elastic.gate_flops = fresh.gates, fresh.gate_flops
+    opt = torch.optim.Adam(model.elastic.gates.parameters(), 3e-3)
+    loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
+    for _ in range(steps):
+        x, y = next(loader)
+        with torch.no_grad():
+            h, hs = el.run_layers(model, x, [1.0] * L, keep=True)
+            final = model.head(model.norm(h)).argmax(-1)
+            agree = [(model.head(model.norm(s)).argmax(-1) == final).float() for s in hs[:-1]]
+        loss = sum(
+            F.binary_cross_entropy_with_logits(model.elastic.gate_logit(i, s), a)
+            for i, (s, a) in enumerate(zip(hs[:-1], agree))
+        ) / (L - 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seqs = val_sequences(out, n_seq, length)
+    _, _, full, _, _ = el.teacher_forced(model, ecfg, el.Policy([1.0] * L), seqs, prompt)
+    res = []
+    for thr in (0.8, 0.9, 0.95):
+        _, _, pr, summ, _ = el.teacher_forced(
+            model, ecfg, el.Policy([1.0] * L, exit_threshold=thr), seqs, prompt
+        )
+        r = {
+            "gate_hidden": hidden,
+            "threshold": thr,
+            "argmax_changed": float((pr != full).float().mean()),
+            "layer_flops_skipped": 1 - summ["layer_flops_rel"],
+            "flops_skipped": 1 - summ["flops_rel"],
+            "exit_rate": summ["exit_rate"],
+        }
+        res.append(r)
+        print(
+            f"calibrated gate (hidden {hidden}, {steps} steps) > {thr}: exit {r['exit_rate']:.1%}, argmax "
+            f"changed {r['argmax_changed']:.2%}, layer FLOPs skipped {r['layer_flops_skipped']:.1%}",
+            flush=True,
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"elastic-calibrated{hidden}-{out.name.removeprefix('el-')}.json"
+    (RESULTS / name).write_text(json.dumps(res, indent=2))
+    return res
+
+
 # ---------------------------------------------------------------- the seed's tiny experiment
 
 SEED_WORDS = "red green blue cyan pink gold gray teal navy lime plum rose sand snow jade ruby".split()
@@ -605,6 +665,10 @@ def main() -> None:
     pr = sub.add_parser("probe")
     pr.add_argument("--out", required=True, type=Path)
     pr.add_argument("--hidden", type=int, default=0)
+    cb = sub.add_parser("calibrate")
+    cb.add_argument("--out", required=True, type=Path)
+    cb.add_argument("--hidden", type=int, default=64)
+    cb.add_argument("--steps", type=int, default=300)
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
     sd = sub.add_parser("seed")
@@ -615,6 +679,8 @@ def main() -> None:
         seed_experiment(args.out, args.steps)
     elif args.cmd == "probe":
         gate_probe(args.out, args.hidden)
+    elif args.cmd == "calibrate":
+        calibrated_sweep(args.out, args.hidden, args.steps, 16, 128, 16)
     elif args.cmd == "calm":
         calm_sweep(args.out)
     elif args.cmd == "prepare":

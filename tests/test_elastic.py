@@ -392,3 +392,18 @@ def test_gate_full_only_changes_gate_targets_not_lm_gradients():
         lm[full_only] = model.blocks[0].mlp.w_up.weight.grad.clone()
     assert torch.equal(lm[False], lm[True])
     assert not torch.allclose(gate[False], gate[True])
+
+
+def test_layer_flops_leave_out_the_head():
+    """layer_flops_rel excludes the LM head every token pays: for a narrow mode it is below the
+    whole-token ratio, at full width both are 1."""
+    torch.manual_seed(0)
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ecfg).eval()
+    x = torch.randint(0, 97, (8,))
+    for widths, narrow in (([min(WIDTHS)] * 3, True), ([1.0] * 3, False)):
+        *_, summ, _ = el.teacher_forced(model, ecfg, el.Policy(widths), [x], 3)
+        if narrow:
+            assert summ["layer_flops_rel"] < summ["flops_rel"] < 1.0
+        else:
+            assert summ["layer_flops_rel"] == pytest.approx(1.0) and summ["flops_rel"] == pytest.approx(1.0)

@@ -230,6 +230,7 @@ class TokenStats:
 
     flops: list[float] = field(default_factory=list)
     full_flops: list[float] = field(default_factory=list)
+    head_flops: list[float] = field(default_factory=list)  # the LM head, paid once by every token
     exit_layer: list[int] = field(default_factory=list)
     expanded: list[bool] = field(default_factory=list)
     widths: list[list[float]] = field(default_factory=list)
@@ -242,6 +243,9 @@ class TokenStats:
         return {
             "tokens": len(self.flops),
             "flops_rel": sum(self.flops) / max(1e-9, sum(self.full_flops)),
+            # the same without the LM head: what the layers (incl. gates, copy-forward K/V) cost
+            "layer_flops_rel": (sum(self.flops) - sum(self.head_flops))
+            / max(1e-9, sum(self.full_flops) - sum(self.head_flops)),
             "exit_rate": sum(e < n_layer - 1 for e in self.exit_layer) / n,
             "expand_rate": sum(self.expanded) / n,
             "exit_hist": hist,
@@ -406,6 +410,7 @@ class ElasticRunner:
         logits = m.head(m.norm(x[:, -1]))
         flops += 2 * d * self.cfg.vocab_size
         s = self.stats
+        s.head_flops.append(2 * d * self.cfg.vocab_size)
         s.flops.append(flops)
         s.full_flops.append(self._full_flops(ctx))
         s.exit_layer.append(exit_at)
@@ -443,7 +448,7 @@ def teacher_forced(model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.
                 t0 = time.perf_counter()  # decode steps only: tokens/s of generation
                 logits = r.step(seq[None, t : t + 1])
                 seconds += time.perf_counter() - t0
-        for name in ("flops", "full_flops", "exit_layer", "expanded", "widths"):
+        for name in ("flops", "full_flops", "head_flops", "exit_layer", "expanded", "widths"):
             getattr(stats, name).extend(getattr(r.stats, name))
     return (
         torch.stack(ces),
