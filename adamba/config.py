@@ -182,11 +182,9 @@ class ElasticConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
-        for name in ("gate_weight", "predictor_weight", "exit_loss_weight"):
+        for name in ("gate_weight", "predictor_weight", "exit_loss_weight", "gate_hidden"):
             if getattr(self, name) < 0:
                 raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
-        if self.gate_hidden < 0:
-            raise AdambaError(f"elastic.gate_hidden={self.gate_hidden} must be >= 0 (0 = a linear gate)")
         if self.expand_layers < 0:
             raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
 

@@ -155,6 +155,15 @@ def val_bpb(model, out: Path, token_bytes: torch.Tensor, widths: list[float] | N
     return nats / (math.log(2) * max(1, nbytes))
 
 
+@torch.no_grad()
+def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Full-width hidden states after every layer but the last, and a [L-1, B, T] bool: does
+    that layer's state, through the final norm + LM head, already give the final argmax?"""
+    h, hs = el.run_layers(model, x, [1.0] * len(model.blocks), keep=True)
+    final = model.head(model.norm(h)).argmax(-1)
+    return hs[:-1], torch.stack([model.head(model.norm(s)).argmax(-1) == final for s in hs[:-1]])
+
+
 def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     """Headroom of early exit: the first layer whose hidden state, through the final norm + head,
     already gives the full model's argmax, per held-out token (batched, full width, states not
@@ -163,14 +172,11 @@ def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     L = len(model.blocks)
     rows = val_rows(out, seq, max_rows)
     firsts = []
-    with torch.no_grad():
-        for i in range(0, len(rows), 32):
-            h, hs = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L, keep=True)
-            final = model.head(model.norm(h)).argmax(-1)
-            agree = [model.head(model.norm(x)).argmax(-1) == final for x in hs[:-1]]
-            agree.append(torch.ones_like(final, dtype=torch.bool))
-            layer = torch.arange(L)[:, None, None]
-            firsts.append(torch.where(torch.stack(agree), layer, L).min(0).values.flatten())
+    for i in range(0, len(rows), 32):
+        _, agree = layer_agreement(model, rows[i : i + 32, :-1])
+        agree = torch.cat([agree, torch.ones_like(agree[:1])])  # the last layer agrees by definition
+        layer = torch.arange(L)[:, None, None]
+        firsts.append(torch.where(agree, layer, L).min(0).values.flatten())
     first = torch.cat(firsts)
     return {
         "layers_skipped": float(((L - 1 - first) / L).float().mean()),
@@ -431,12 +437,10 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     L = len(model.blocks)
     rows = val_rows(out, seq, rows_max)
     H, A = [], []
-    with torch.no_grad():
-        for i in range(0, len(rows), 32):
-            h, hs = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L, keep=True)
-            final = model.head(model.norm(h)).argmax(-1)
-            H.append(torch.stack([F.rms_norm(x, (x.shape[-1],)) for x in hs[:-1]]).flatten(1, 2))
-            A.append(torch.stack([model.head(model.norm(x)).argmax(-1) == final for x in hs[:-1]]).flatten(1))
+    for i in range(0, len(rows), 32):
+        hs, agree = layer_agreement(model, rows[i : i + 32, :-1])
+        H.append(torch.stack([F.rms_norm(x, (x.shape[-1],)) for x in hs]).flatten(1, 2))
+        A.append(agree.flatten(1))
     H, A = torch.cat(H, 1), torch.cat(A, 1).float()
     n_fit = H.shape[1] * 2 // 3
     probs = []
@@ -501,14 +505,10 @@ def calibrated_sweep(out: Path, hidden: int, steps: int, n_seq: int, length: int
     opt = torch.optim.Adam(model.elastic.gates.parameters(), 3e-3)
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
     for _ in range(steps):
-        x, y = next(loader)
-        with torch.no_grad():
-            h, hs = el.run_layers(model, x, [1.0] * L, keep=True)
-            final = model.head(model.norm(h)).argmax(-1)
-            agree = [(model.head(model.norm(s)).argmax(-1) == final).float() for s in hs[:-1]]
+        hs, agree = layer_agreement(model, next(loader)[0])
         loss = sum(
-            F.binary_cross_entropy_with_logits(model.elastic.gate_logit(i, s), a)
-            for i, (s, a) in enumerate(zip(hs[:-1], agree))
+            F.binary_cross_entropy_with_logits(model.elastic.gate_logit(i, s), a.float())
+            for i, (s, a) in enumerate(zip(hs, agree))
         ) / (L - 1)
         opt.zero_grad()
         loss.backward()

@@ -408,9 +408,10 @@ class ElasticRunner:
             ):
                 expanded = True
         logits = m.head(m.norm(x[:, -1]))
-        flops += 2 * d * self.cfg.vocab_size
+        head_flops = 2 * d * self.cfg.vocab_size
+        flops += head_flops
         s = self.stats
-        s.head_flops.append(2 * d * self.cfg.vocab_size)
+        s.head_flops.append(head_flops)
         s.flops.append(flops)
         s.full_flops.append(self._full_flops(ctx))
         s.exit_layer.append(exit_at)
