@@ -168,6 +168,11 @@ class ElasticConfig:
     gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.0  # weight of the intermediate-layer LM loss (trains layers to exit)
+    exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
+    calibrate_steps: int = 0  # gate-calibration phase after the LM steps (LM frozen; see calibrate_gate)
+    exit_drop: float = (
+        0.0  # fraction of tokens given a random early exit (copy-forward) in the full-width pass
+    )
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
     predictor_tol: float = 0.05  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
@@ -178,11 +183,18 @@ class ElasticConfig:
                 f"elastic.widths={self.widths}: use fractions in (0, 1] that include 1.0, e.g. [0.125, 0.25, 0.5, 1.0]"
             )
         self.widths = sorted(set(float(w) for w in self.widths))
-        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol"):
+        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol", "exit_drop"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
-        for name in ("gate_weight", "predictor_weight", "exit_loss_weight", "gate_hidden"):
+        for name in (
+            "gate_weight",
+            "predictor_weight",
+            "exit_loss_weight",
+            "gate_hidden",
+            "calibrate_steps",
+            "exit_distill_weight",
+        ):
             if getattr(self, name) < 0:
                 raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
         if self.expand_layers < 0:

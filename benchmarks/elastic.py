@@ -155,15 +155,6 @@ def val_bpb(model, out: Path, token_bytes: torch.Tensor, widths: list[float] | N
     return nats / (math.log(2) * max(1, nbytes))
 
 
-@torch.no_grad()
-def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Full-width hidden states after every layer but the last, and a [L-1, B, T] bool: does
-    that layer's state, through the final norm + LM head, already give the final argmax?"""
-    h, hs = el.run_layers(model, x, [1.0] * len(model.blocks), keep=True)
-    final = model.head(model.norm(h)).argmax(-1)
-    return hs[:-1], torch.stack([model.head(model.norm(s)).argmax(-1) == final for s in hs[:-1]])
-
-
 def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     """Headroom of early exit: the first layer whose hidden state, through the final norm + head,
     already gives the full model's argmax, per held-out token (batched, full width, states not
@@ -173,7 +164,7 @@ def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     rows = val_rows(out, seq, max_rows)
     firsts = []
     for i in range(0, len(rows), 32):
-        _, agree = layer_agreement(model, rows[i : i + 32, :-1])
+        _, agree = el.layer_agreement(model, rows[i : i + 32, :-1])
         agree = torch.cat([agree, torch.ones_like(agree[:1])])  # the last layer agrees by definition
         layer = torch.arange(L)[:, None, None]
         firsts.append(torch.where(agree, layer, L).min(0).values.flatten())
@@ -333,6 +324,56 @@ def speed_scaling(d_models: list[int], n_layer: int, tokens: int, prompt: int) -
     return out
 
 
+def batch_speed(out: Path, batches: list[int], tokens: int, prompt: int, rounds: int = 3) -> list[dict]:
+    """Decode tokens/s of the trained model's fixed modes (and the dense peer of the same shape)
+    as the number of sequences decoded together grows. At batch 1 a 1.8M-parameter model's
+    step is Python and dispatch overhead, the same for every width; a batch multiplies the
+    matmul work per step and leaves the overhead alone, which is where narrow widths pay.
+    Modes are interleaved within each round; the best of `rounds` is kept."""
+    import time
+
+    from adamba.serve.generate import load_model
+
+    torch.set_num_threads(1)
+    model, _, ckpt = load_model(out / "elastic")
+    ecfg = ckpt.cfg.elastic
+    contenders = {
+        m: (model, el.mode_policy(m, model, ecfg), ecfg) for m in ("ghost", "whisper", "normal", "think")
+    }
+    if (out / "dense").exists():
+        dm = load_model(out / "dense")[0]
+        contenders["dense"] = (dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig())
+    toks = val_tokens(out)
+    res = []
+    for b in batches:
+        n = prompt + tokens
+        seqs = torch.stack([toks[i * n : (i + 1) * n] for i in range(b)])
+        best = {k: float("inf") for k in contenders}
+        for _ in range(rounds):
+            for name, (m, pol, e) in contenders.items():
+                r = el.ElasticRunner(m, e, pol, batch=b)
+                with torch.no_grad():
+                    r.prefill(seqs[:, :prompt])
+                    t0 = time.perf_counter()
+                    for t in range(prompt, n):
+                        r.step(seqs[:, t : t + 1])
+                    best[name] = min(best[name], time.perf_counter() - t0)
+        row = {"batch": b, **{k: b * tokens / v for k, v in best.items()}}
+        row["ghost_over_think"] = row["ghost"] / row["think"]
+        res.append(row)
+        print(
+            f"batch {b:4}: "
+            + "  ".join(f"{k} {row[k]:8.0f}" for k in contenders)
+            + f"  tok/s   ghost/think {row['ghost_over_think']:.2f}x",
+            flush=True,
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"elastic-batch-speed-{out.name.removeprefix('el-')}.json").write_text(
+        json.dumps(res, indent=2)
+    )
+    return res
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -438,7 +479,7 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     rows = val_rows(out, seq, rows_max)
     H, A = [], []
     for i in range(0, len(rows), 32):
-        hs, agree = layer_agreement(model, rows[i : i + 32, :-1])
+        hs, agree = el.layer_agreement(model, rows[i : i + 32, :-1])
         H.append(torch.stack([F.rms_norm(x, (x.shape[-1],)) for x in hs]).flatten(1, 2))
         A.append(agree.flatten(1))
     H, A = torch.cat(H, 1), torch.cat(A, 1).float()
@@ -502,17 +543,8 @@ def calibrated_sweep(out: Path, hidden: int, steps: int, n_seq: int, length: int
     L = len(model.blocks)
     fresh = el.ElasticHeads(model.cfg, ElasticConfig(enabled=True, widths=ecfg.widths, gate_hidden=hidden))
     model.elastic.gates, model.elastic.gate_flops = fresh.gates, fresh.gate_flops
-    opt = torch.optim.Adam(model.elastic.gates.parameters(), 3e-3)
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
-    for _ in range(steps):
-        hs, agree = layer_agreement(model, next(loader)[0])
-        loss = sum(
-            F.binary_cross_entropy_with_logits(model.elastic.gate_logit(i, s), a.float())
-            for i, (s, a) in enumerate(zip(hs, agree))
-        ) / (L - 1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    el.calibrate_gate(model, iter(loader.__next__, None), steps)
     seqs = val_sequences(out, n_seq, length)
     _, _, full, _, _ = el.teacher_forced(model, ecfg, el.Policy([1.0] * L), seqs, prompt)
     res = []
@@ -662,6 +694,10 @@ def main() -> None:
     sp.add_argument("--d-models", default="128,256,512,1024")
     sp.add_argument("--layers", type=int, default=8)
     sp.add_argument("--tokens", type=int, default=64)
+    bs = sub.add_parser("batch-speed")
+    bs.add_argument("--out", required=True, type=Path)
+    bs.add_argument("--batches", default="1,8,32,128")
+    bs.add_argument("--tokens", type=int, default=32)
     pr = sub.add_parser("probe")
     pr.add_argument("--out", required=True, type=Path)
     pr.add_argument("--hidden", type=int, default=0)
@@ -691,6 +727,8 @@ def main() -> None:
     elif args.cmd == "train":
         for name in args.only or ["elastic", "dense", "half"]:
             train_one(args.out, name, args.steps, args.set)
+    elif args.cmd == "batch-speed":
+        batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
     elif args.cmd == "speed":
         speed_scaling([int(x) for x in args.d_models.split(",")], args.layers, args.tokens, 16)
     else:

@@ -407,3 +407,152 @@ def test_layer_flops_leave_out_the_head():
             assert summ["layer_flops_rel"] < summ["flops_rel"] < 1.0
         else:
             assert summ["layer_flops_rel"] == pytest.approx(1.0) and summ["flops_rel"] == pytest.approx(1.0)
+
+
+def test_exit_drop_simulates_decoding_exits_exactly():
+    """run_layers(exit_at=...) is the batched twin of decoding with early exits: a token that
+    exits at layer e keeps its layer-e state, and later layers read it as the token's input
+    (copy-forward K/V), so every position's logits equal ElasticRunner's token by token."""
+    torch.manual_seed(0)
+    L, T, prompt = 4, 10, 3
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
+    x = torch.randint(0, 97, (1, T))
+    exit_at = torch.full((1, T), L - 1)
+    exit_at[0, prompt:] = torch.tensor([0, 3, 1, 2, 0, 1, 3])  # decoded positions; prompt runs all layers
+    pos = {"t": prompt}
+
+    def forced_gate(layer, h):  # the gate fires exactly at the scheduled layer of the current token
+        return torch.full(h.shape[:-1], 30.0 if int(exit_at[0, pos["t"]]) == layer else -30.0)
+
+    model.elastic.gate_logit = forced_gate
+    r = el.ElasticRunner(model, ecfg, el.Policy([1.0] * L, exit_threshold=0.95))
+    r.prefill(x[:, :prompt])
+    stepped = []
+    for t in range(prompt, T):
+        pos["t"] = t
+        stepped.append(r.step(x[:, t : t + 1]))
+    assert r.stats.exit_layer == [min(int(e), L - 1) for e in exit_at[0, prompt:]]
+    with torch.no_grad():
+        h, _ = el.run_layers(model, x, [1.0] * L, exit_at=exit_at)
+        batched = model.head(model.norm(h))[0, prompt:]
+    torch.testing.assert_close(torch.cat(stepped), batched, atol=1e-5, rtol=1e-5)
+    # and without exits nothing changes
+    with torch.no_grad():
+        plain, _ = el.run_layers(model, x, [1.0] * L)
+        same, _ = el.run_layers(model, x, [1.0] * L, exit_at=torch.full((1, T), L - 1))
+    assert torch.equal(plain, same)
+
+
+def test_exit_drop_trains_through_copied_states():
+    """exit_drop > 0 changes the full-width LM loss (exited tokens predict from early layers,
+    later tokens read their copied-forward K/V); 0 keeps the old loss bit for bit."""
+    torch.manual_seed(0)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS))
+    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    out = {}
+    for drop in (0.0, 0.5):
+        torch.manual_seed(5)
+        out[drop] = el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS, exit_drop=drop))[
+            1
+        ]
+    torch.manual_seed(5)
+    again = el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS))[1]
+    assert torch.equal(out[0.0], again) and not torch.allclose(out[0.0], out[0.5])
+    with pytest.raises(AdambaError, match="exit_drop"):
+        ElasticConfig(enabled=True, exit_drop=1.5).validate()
+
+
+def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
+    """The gate-calibration phase lowers the gate's BCE against the model's own agreement,
+    ignores padding, and leaves every LM weight bit-identical."""
+    torch.manual_seed(0)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS, gate_hidden=16))
+    lm_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("elastic.")}
+    gate_before = [p.clone() for p in model.elastic.gates.parameters()]
+    x = torch.randint(0, 97, (4, 16))
+    y = torch.randint(0, 97, (4, 16))
+    y[:, -4:] = -100
+
+    def batches():
+        while True:
+            yield x, y
+
+    losses = el.calibrate_gate(model, batches(), steps=60)
+    assert len(losses) == 60 and losses[-1] < 0.7 * losses[0]
+    for k, v in model.state_dict().items():
+        if not k.startswith("elastic."):
+            assert torch.equal(v, lm_before[k]), k
+    assert any(not torch.equal(a, b) for a, b in zip(gate_before, model.elastic.gates.parameters()))
+    assert model.training  # restored
+
+
+@pytest.mark.parametrize("mode", ["ghost", "think"])
+def test_fixed_modes_decode_a_batch_like_one_sequence_at_a_time(mode):
+    """A fixed-width runner decoding 3 sequences together gives each one's batch-1 logits;
+    adaptive policies (exit / predictor) refuse a batch with a clear error."""
+    torch.manual_seed(0)
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ecfg).eval()
+    x = torch.randint(0, 97, (3, 9))
+    pol = el.mode_policy(mode, model, ecfg)
+    rb = el.ElasticRunner(model, ecfg, pol, batch=3)
+    batched = [rb.prefill(x[:, :4])] + [rb.step(x[:, t : t + 1]) for t in range(4, 9)]
+    for i in range(3):
+        r1 = el.ElasticRunner(model, ecfg, pol)
+        single = [r1.prefill(x[i : i + 1, :4])] + [r1.step(x[i : i + 1, t : t + 1]) for t in range(4, 9)]
+        torch.testing.assert_close(
+            torch.cat(single), torch.stack([b[i] for b in batched]), atol=1e-5, rtol=1e-5
+        )
+    with pytest.raises(AdambaError, match="batch 1"):
+        el.ElasticRunner(model, ecfg, el.mode_policy("auto", model, ecfg), batch=2)
+    with pytest.raises(AdambaError, match="rows"):
+        rb2 = el.ElasticRunner(model, ecfg, pol, batch=2)
+        rb2.prefill(x[:, :4])
+
+
+def test_batched_exits_equal_token_by_token_decoding():
+    """batched_exits (n_layer batched passes) makes the runner's exit decisions and gives its
+    logits at every decoded position, with the real gate deciding."""
+    torch.manual_seed(0)
+    L, T, prompt = 4, 24, 4
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
+    with torch.no_grad():  # spread the gate so some tokens exit at various layers
+        for g in model.elastic.gates:
+            torch.nn.init.normal_(g.weight, 0, 0.5)
+    x = torch.randint(0, 97, (2, T))
+    thr = 0.7
+    h, exit_at = el.batched_exits(model, x, [1.0] * L, thr, start=prompt)
+    logits = model.head(model.norm(h))
+    hist = torch.bincount(exit_at[:, prompt:].flatten(), minlength=L)
+    assert (hist[: L - 1] > 0).sum() >= 2 and hist[L - 1] > 0  # a real mix of exit layers
+    assert (exit_at[:, :prompt] == L - 1).all()
+    for b in range(2):
+        r = el.ElasticRunner(model, ecfg, el.Policy([1.0] * L, exit_threshold=thr))
+        r.prefill(x[b : b + 1, :prompt])
+        steps = [r.step(x[b : b + 1, t : t + 1]) for t in range(prompt, T)]
+        assert r.stats.exit_layer == exit_at[b, prompt:].tolist()
+        torch.testing.assert_close(torch.cat(steps), logits[b, prompt:], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_applies_the_predicted_width_uniformly():
+    """auto mode: the predictor's smallest 'good enough' width runs in every layer (the uniform
+    schedules sandwich training teaches), so the prefill equals the plain forward at that width."""
+    torch.manual_seed(0)
+    L = 3
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
+    good = torch.tensor([-9.0, 9.0, 9.0, 9.0])  # 0.125 not good enough, 0.25 is
+    model.elastic.predictor_logits = lambda pooled: good.expand(pooled.shape[0], L, 4)
+    x = torch.randint(0, 97, (1, 7))
+    r = el.ElasticRunner(model, ecfg, el.Policy(None))
+    out = r.prefill(x)
+    assert r.widths == [0.25] * L
+    with torch.no_grad():
+        ref, _ = model(x, widths=[0.25] * L)
+    torch.testing.assert_close(out, ref[:, -1])
+    model.elastic.predictor_logits = lambda pooled: torch.full((pooled.shape[0], L, 4), -9.0)
+    r = el.ElasticRunner(model, ecfg, el.Policy(None))
+    r.prefill(x)
+    assert r.widths == [1.0] * L  # nothing predicted good: full width

@@ -125,12 +125,22 @@ def attach_elastic(model: nn.Module, ecfg: ElasticConfig) -> nn.Module:
     return model
 
 
-def run_layers(model, idx: torch.Tensor, widths: list[float], keep: bool = False):
-    """Embedding + blocks at per-layer widths; (final hidden, per-layer hiddens if keep)."""
+def run_layers(
+    model, idx: torch.Tensor, widths: list[float], keep: bool = False, exit_at: torch.Tensor | None = None
+):
+    """Embedding + blocks at per-layer widths; (final hidden, per-layer hiddens if keep).
+
+    exit_at [B, T] (optional) simulates early exit the way decoding runs it: a token whose
+    exit layer is e keeps its state after block e from then on, and every later block reads
+    that frozen state as the token's input (copy-forward: later tokens attend to K/V computed
+    from it). Tokens with exit_at >= n_layer - 1 run every layer."""
     x = model.embed(idx)
-    hs = []
-    for block, w in zip(model.blocks, widths):
+    hs, frozen = [], None
+    for j, (block, w) in enumerate(zip(model.blocks, widths)):
         x = block(x, None, w)
+        if exit_at is not None:
+            frozen = x if frozen is None else torch.where((exit_at == j)[..., None], x, frozen)
+            x = torch.where((exit_at <= j)[..., None], frozen, x)
         if keep:
             hs.append(x)
     return x, hs
@@ -155,8 +165,12 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
     lm_terms, per_example, full_ce = [], {}, None
     gate_terms, exit_terms = [], []
     full_argmax, full_hs = None, None
+    exit_at = None
+    if ecfg.exit_drop > 0 and torch.is_grad_enabled():  # train as decoding runs: random exits
+        drop = torch.rand(y.shape, device=y.device) < ecfg.exit_drop
+        exit_at = torch.where(drop, torch.randint(0, L - 1, y.shape, device=y.device), L - 1)
     for w in sample:
-        h, hs = run_layers(model, x, [w] * L, keep=True)
+        h, hs = run_layers(model, x, [w] * L, keep=True, exit_at=exit_at if w == 1.0 else None)
         logits = model.head(model.norm(h))
         ce = F.cross_entropy(
             logits.float().view(-1, logits.shape[-1]), y.view(-1), ignore_index=-100, reduction="none"
@@ -169,16 +183,26 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
             full_hs = hs
         # gate targets (and exit-loss terms) on a random subset of real (non-padding) positions
         sel = valid & (torch.rand(y.shape, device=y.device) < ecfg.gate_token_frac)
-        train_exit = w == 1.0 and ecfg.exit_loss_weight > 0
+        if exit_at is not None and w == 1.0:
+            sel &= exit_at == L - 1  # gate targets only from tokens that ran every layer
+        train_exit = w == 1.0 and (ecfg.exit_loss_weight > 0 or ecfg.exit_distill_weight > 0)
         train_gate = ecfg.gate_weight > 0 and (w == 1.0 or not ecfg.gate_full_only)
         if sel.any() and (train_gate or train_exit):
             tgt_arg = full_argmax[sel]
+            if train_exit and ecfg.exit_distill_weight > 0:
+                teacher = logits.detach()[sel].float().log_softmax(-1)
             for li in range(L - 1):
                 hl = hs[li][sel]
                 with torch.set_grad_enabled(train_exit and torch.is_grad_enabled()):
                     lg = model.head(model.norm(hl if train_exit else hl.detach()))
                 if train_exit:  # LayerSkip-style: teach layer li's state to predict the next token
-                    exit_terms.append(F.cross_entropy(lg.float(), y[sel]))
+                    term = ecfg.exit_loss_weight * F.cross_entropy(lg.float(), y[sel])
+                    if ecfg.exit_distill_weight > 0:  # ... and to agree with the final layer
+                        kl = F.kl_div(
+                            lg.float().log_softmax(-1), teacher, log_target=True, reduction="batchmean"
+                        )
+                        term = term + ecfg.exit_distill_weight * kl
+                    exit_terms.append(term)
                 if train_gate:
                     agree = (lg.detach().argmax(-1) == tgt_arg).float()
                     gate_terms.append(
@@ -186,7 +210,7 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
                     )
     total = torch.stack(lm_terms).mean()
     if exit_terms:
-        total = total + ecfg.exit_loss_weight * torch.stack(exit_terms).mean()
+        total = total + torch.stack(exit_terms).mean()
     if gate_terms:
         total = total + ecfg.gate_weight * torch.stack(gate_terms).mean()
     if ecfg.predictor_weight > 0 and len(sample) > 1:
@@ -203,6 +227,77 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
         if terms:
             total = total + ecfg.predictor_weight * torch.stack(terms).mean()
     return total, full_ce
+
+
+@torch.no_grad()
+def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Full-width hidden states after every layer but the last, and a [L-1, B, T] bool: does
+    that layer's state, through the final norm + LM head, already give the final argmax?"""
+    h, hs = run_layers(model, x, [1.0] * len(model.blocks), keep=True)
+    final = model.head(model.norm(h)).argmax(-1)
+    return hs[:-1], torch.stack([model.head(model.norm(s)).argmax(-1) == final for s in hs[:-1]])
+
+
+@torch.no_grad()
+def batched_exits(
+    model, idx: torch.Tensor, widths: list[float], threshold: float, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Early-exit decoding of whole sequences in n_layer batched passes, exactly as
+    ElasticRunner decodes them token by token (tests check it): layer j's output for a token
+    depends only on layer-j K/V of earlier tokens, so every token's gate decision at layer j is
+    known once layer j has run for all. Positions before `start` (the prompt) never exit.
+    Returns (final hidden [B, T, d]: exited tokens keep their exit state; exit layer [B, T],
+    n_layer - 1 = ran every layer). Used to score the exit rule on a whole validation split."""
+    L = len(model.blocks)
+    x = model.embed(idx)
+    exit_at = torch.full(idx.shape, L - 1, device=idx.device)
+    may_exit = (torch.arange(idx.shape[1], device=idx.device) >= start).expand_as(exit_at)
+    frozen = x
+    for j, (block, w) in enumerate(zip(model.blocks, widths)):
+        x = block(x, None, w)
+        x = torch.where((exit_at < j)[..., None], frozen, x)  # exited: copy-forward input
+        if j < L - 1:
+            g = torch.sigmoid(model.elastic.gate_logit(j, x))
+            go = may_exit & (exit_at == L - 1) & (g > threshold)
+            exit_at = torch.where(go, j, exit_at)
+            frozen = torch.where(go[..., None], x, frozen)
+    return x, exit_at
+
+
+def calibrate_gate(model, batches, steps: int, lr: float = 3e-3, on_step=None) -> list[float]:
+    """The gate-calibration phase: fit the ConfidenceGate with the LM frozen.
+
+    Why a phase after training: in-loop gate targets come from an LM that is still moving and
+    from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
+    Shakespeare and the stdlib corpus, a gate fitted afterwards on the final model's own
+    full-width agreement exits 3-50x more tokens at the same argmax-change rate
+    (benchmarks/README.md, "Elastic compute"). Each step reads one (x, y) batch, runs the
+    frozen model at full width and takes one Adam step on the gates' BCE over every
+    non-padding position (y != -100). Returns the per-step losses."""
+    heads: ElasticHeads = model.elastic
+    params = list(heads.gates.parameters())
+    opt = torch.optim.Adam(params, lr)
+    losses = []
+    was_training = model.training
+    model.eval()
+    try:
+        for step in range(steps):
+            x, y = next(batches)
+            hs, agree = layer_agreement(model, x)
+            valid = y != -100
+            loss = sum(
+                F.binary_cross_entropy_with_logits(heads.gate_logit(i, h)[valid], a[valid].float())
+                for i, (h, a) in enumerate(zip(hs, agree))
+            ) / max(1, len(hs))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step + 1, losses[-1])
+    finally:
+        model.train(was_training)
+    return losses
 
 
 # ---------------------------------------------------------------- inference
@@ -254,9 +349,11 @@ class TokenStats:
 
 
 class ElasticRunner:
-    """Batch-1 elastic decoding over one sequence: `prefill(prompt)` then `step(token)`."""
+    """Elastic decoding: `prefill(prompt)` then `step(token)`. Per-token exits and the
+    per-prompt predictor run one sequence at a time (batch 1); fixed-width policies (the
+    ghost / whisper / normal / think modes) also decode `batch` sequences together."""
 
-    def __init__(self, model, ecfg: ElasticConfig, policy: Policy):
+    def __init__(self, model, ecfg: ElasticConfig, policy: Policy, batch: int = 1):
         if policy.widths is not None:
             for w in policy.widths:
                 check_width(w, ecfg)
@@ -266,7 +363,15 @@ class ElasticRunner:
                 raise AdambaError(f"{name.replace('_', ' ')} {v} must lie in [0, 1]")
         if (policy.widths is None or policy.exit_threshold is not None) and not hasattr(model, "elastic"):
             raise AdambaError("the model has no gate/predictor heads (trained without elastic.enabled)")
-        self.model, self.ecfg, self.policy = model, ecfg, policy
+        adaptive = (
+            policy.widths is None or policy.exit_threshold is not None or policy.expand_threshold is not None
+        )
+        if batch != 1 and adaptive:
+            raise AdambaError(
+                "early exit, expansion and the width predictor decode one sequence at a time (batch 1); "
+                "fixed-width modes (ghost / whisper / normal / think) take a batch"
+            )
+        self.model, self.ecfg, self.policy, self.batch = model, ecfg, policy, batch
         self.L = len(model.blocks)
         self.cfg: ModelConfig = model.cfg
         self.stats = TokenStats()
@@ -309,49 +414,44 @@ class ElasticRunner:
         for i, block in enumerate(self.model.blocks):
             if block.kind == "A":
                 a = block.mixer
-                c = MatryoshkaKVCache(1, a.n_kv_head, a.head_dim, p.device, p.dtype)
+                c = MatryoshkaKVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype)
                 w = self.widths[i]
                 if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
                     w = 1.0  # expansion may widen this layer later: reserve full width now
                 c.reserve_heads(a.heads_at(w)[1])
                 out.append(c)
             else:
-                out.append(block.mixer.init_state(1, p.device, p.dtype))
+                out.append(block.mixer.init_state(self.batch, p.device, p.dtype))
         return out
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
-        """Run the prompt [1, T] (no exit); returns the last position's logits [1, V]."""
+        """Run the prompt [batch, T] (no exit); returns the last position's logits [batch, V]."""
         m = self.model
-        if idx.shape[0] != 1:
-            raise AdambaError("elastic decoding runs one sequence at a time (batch 1)")
-        k = self.ecfg.predictor_layer
-        if self.policy.widths is None:
-            self.widths = [1.0] * self.L
-            self.state = self._new_state_partial(k)
-            x = m.embed(idx)
-            for i in range(k):
-                x = m.blocks[i](x, self.state[i], 1.0)
-            logits = m.elastic.predictor_logits(x.float().mean(1))[0]  # [L, W]
-            ok = torch.sigmoid(logits) > 0.5
-            ws = m.elastic.widths
-            for i in range(k, self.L):
-                good = [j for j in range(len(ws)) if ok[i, j]]
-                self.widths[i] = ws[good[0]] if good else 1.0
-            self.state += self._new_state()[k:]
-            for i in range(k, self.L):
-                x = m.blocks[i](x, self.state[i], self.widths[i])
-        else:
-            self.widths = list(self.policy.widths)
-            self.state = self._new_state()
-            x = m.embed(idx)
-            for i, block in enumerate(m.blocks):
-                x = block(x, self.state[i], self.widths[i])
+        if idx.shape[0] != self.batch:
+            raise AdambaError(f"the prompt has {idx.shape[0]} rows; this runner decodes batch {self.batch}")
+        pol = self.policy
+        self.widths = [self.choose_width(idx)] * self.L if pol.widths is None else list(pol.widths)
+        self.state = self._new_state()
+        x = m.embed(idx)
+        for i, block in enumerate(m.blocks):
+            x = block(x, self.state[i], self.widths[i])
         self.pos = idx.shape[1]
         return m.head(m.norm(x))[:, -1]  # all rows, as the plain model does (same bits)
 
-    def _new_state_partial(self, k: int) -> list:
-        return self._new_state()[:k]
+    def choose_width(self, idx: torch.Tensor) -> float:
+        """The LayerDimPredictor's pick for this prompt: the smallest width whose predicted
+        'good enough' probability, averaged over the predicted layers, is above 1/2 (else full).
+        The first `predictor_layer` layers run at full width to read the prompt (a throwaway
+        pass, no cache); the schedule is then uniform, the kind of schedule sandwich training
+        teaches (measured: a per-layer mix after a full-width first layer scored worse than ghost)."""
+        m, k = self.model, self.ecfg.predictor_layer
+        x = m.embed(idx)
+        for i in range(k):
+            x = m.blocks[i](x, None, 1.0)
+        probs = torch.sigmoid(m.elastic.predictor_logits(x.float().mean(1)))[0, k:].mean(0)  # [W]
+        ws = m.elastic.widths
+        return next((w for w, p in zip(ws, probs.tolist()) if p > 0.5), 1.0)
 
     def _copy_forward(self, i: int, h: torch.Tensor) -> float:
         """CALM-style KV for a skipped layer: its input is the exit hidden state h."""
@@ -378,7 +478,8 @@ class ElasticRunner:
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
-        """One token [1, 1] through the model under the policy; returns logits [1, V]."""
+        """One token per sequence [batch, 1] through the model under the policy; returns logits
+        [batch, V]. Stats are per step (every sequence of a fixed-width batch costs the same)."""
         m, pol, L, d = self.model, self.policy, self.L, self.cfg.d_model
         self.pos += 1
         ctx = self.pos

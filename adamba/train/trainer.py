@@ -141,6 +141,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None)
     display = ProgressDisplay(total, start, enabled=cfg.run.progress)
     budget_fixed = ckpt is not None or cfg.train.max_minutes <= 0
+    gate_calibrated = ckpt.state.get("gate_calibrated", 0) if ckpt is not None else 0
 
     def evaluate() -> dict | None:
         if not cfg.data.val:
@@ -165,6 +166,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             "data_id": loader.data_id,  # snapshot id (name@version#hash) or "manifests"
             "tokens_seen": tokens_seen,
             "elapsed_s": elapsed,
+            "gate_calibrated": gate_calibrated,
         }
         ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
 
@@ -251,6 +253,31 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     finally:
         display.close()
         metrics.close()
+    ec = cfg.elastic
+    if ec.enabled and ec.calibrate_steps > 0 and step >= total and gate_calibrated < ec.calibrate_steps:
+        # the gate-calibration phase: LM frozen, gate fitted to the final model's own agreement
+        from adamba.model.elastic import calibrate_gate
+
+        bar = ProgressDisplay(ec.calibrate_steps, 0, enabled=cfg.run.progress)
+        with amp:
+            losses = calibrate_gate(
+                model,
+                ((x.to(device), y.to(device)) for x, y in iter(loader.__next__, None)),
+                ec.calibrate_steps,
+                on_step=lambda i, loss: bar.update(
+                    i, ec.calibrate_steps, loss, 3e-3, 0.0, " gate calibration"
+                ),
+            )
+        bar.close()
+        gate_calibrated = ec.calibrate_steps
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(
+                json.dumps(
+                    {"step": step, "gate_calibration_loss": losses[-1], "gate_calibration_steps": len(losses)}
+                )
+                + "\n"
+            )
+        save(step, elapsed_prev + time.time() - t0, loader.state_dict())
     elapsed = time.time() - t0
     return TrainResult(
         run_dir=run_dir,
