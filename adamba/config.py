@@ -164,15 +164,12 @@ class ElasticConfig:
     expand_threshold: float = 0.5  # gate probability below which the last layers run at full width
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
-    gate_hidden: int = 0  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
+    gate_hidden: int = 64  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
     gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
-    exit_loss_weight: float = 0.0  # weight of the intermediate-layer LM loss (trains layers to exit)
+    exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
-    calibrate_steps: int = 0  # gate-calibration phase after the LM steps (LM frozen; see calibrate_gate)
-    exit_drop: float = (
-        0.0  # fraction of tokens given a random early exit (copy-forward) in the full-width pass
-    )
+    calibrate_steps: int = 1000  # gate-calibration phase after the LM steps (LM frozen; see calibrate_gate)
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
     predictor_tol: float = 0.05  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
@@ -183,7 +180,7 @@ class ElasticConfig:
                 f"elastic.widths={self.widths}: use fractions in (0, 1] that include 1.0, e.g. [0.125, 0.25, 0.5, 1.0]"
             )
         self.widths = sorted(set(float(w) for w in self.widths))
-        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol", "exit_drop"):
+        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
@@ -365,6 +362,10 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with to_dict (e.g. from a checkpoint's config.json)."""
     cfg = Config()
+    if "elastic" in data and "gate_hidden" not in data["elastic"]:
+        # saved before elastic.gate_hidden existed: those gates were Linear(d, 1), whatever
+        # today's default says, and the weights must load into the same shape
+        cfg.elastic.gate_hidden = 0
     for sec_name, table in data.items():
         sec = _section(cfg, sec_name)
         names = {f.name for f in dataclasses.fields(sec)}

@@ -44,6 +44,7 @@ from adamba.config import ElasticConfig, load_config  # noqa: E402
 from adamba.model import elastic as el  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+SWEEP = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.99)  # exit thresholds swept
 
 BASE = [
     "model.d_model=128",
@@ -62,7 +63,14 @@ BASE = [
     "train.threads=1",
     "run.progress=false",
 ]
-ELASTIC = ["elastic.enabled=true", "elastic.widths=[0.125, 0.25, 0.5, 1.0]"]
+# the config defaults spelled out: early-exit loss 0.1, MLP-64 gates, 1000-step gate calibration
+ELASTIC = [
+    "elastic.enabled=true",
+    "elastic.widths=[0.125, 0.25, 0.5, 1.0]",
+    "elastic.exit_loss_weight=0.1",
+    "elastic.gate_hidden=64",
+    "elastic.calibrate_steps=1000",
+]
 HALF = ["model.n_head=4", "model.n_kv_head=1", "model.head_dim=16", "model.mlp_ratio=2.0"]
 
 
@@ -176,6 +184,76 @@ def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
     }
 
 
+def exit_sweep(
+    model, out: Path, thresholds, prompt: int = 16, seq: int = 128, max_rows: int | None = None
+) -> list[dict]:
+    """The exit rule at full width over the whole validation split, in n_layer batched passes
+    per batch of rows (el.batched_exits: the same decisions and logits as token-by-token
+    decoding with copy-forward, checked by a test). Positions before `prompt` are context and
+    never exit. Per threshold: share of next-token argmaxes changed vs the full model, layer
+    FLOPs skipped (layers + gates + copy-forward K/V, the runner's accounting; LM head left
+    out), exit rate, exit-layer histogram and bits/byte."""
+    L = len(model.blocks)
+    rows = val_rows(out, seq, max_rows)
+    acct = el.ElasticRunner(model, model.elastic.ecfg, el.Policy([1.0] * L))
+    kv = [acct._copy_forward_flops(j) for j in range(L)]
+    gate = model.elastic.gate_flops
+    tb = None
+    tok_path = out / "tokenizer.json"
+    if tok_path.exists():
+        from adamba.data.tokenizer import Tokenizer
+
+        tb = torch.as_tensor(Tokenizer.load(tok_path).token_bytes(), dtype=torch.long)
+    # per-position layer costs at full width: [T, L] (attention grows with the context)
+    per = torch.tensor([[acct._layer_flops(j, 1.0, t + 1) for j in range(L)] for t in range(seq)])
+    cum = per.cumsum(1)  # cost of layers 0..e
+    tail_kv = torch.tensor([sum(kv[e + 1 :]) for e in range(L)])
+    res = []
+    with torch.no_grad():
+        full_pred = []
+        for i in range(0, len(rows), 32):
+            h, _ = el.run_layers(model, rows[i : i + 32, :-1], [1.0] * L)
+            full_pred.append(model.head(model.norm(h)).argmax(-1))
+        full_pred = torch.cat(full_pred)
+        for thr in thresholds:
+            changed, spent, full, n, nats, nbytes = 0, 0.0, 0.0, 0, 0.0, 0
+            hist = torch.zeros(L, dtype=torch.long)
+            for i in range(0, len(rows), 32):
+                x, y = rows[i : i + 32, :-1], rows[i : i + 32, 1:]
+                h, ex = el.batched_exits(model, x, [1.0] * L, thr, start=prompt)
+                logits = model.head(model.norm(h))[:, prompt:]
+                ex = ex[:, prompt:]
+                changed += int((logits.argmax(-1) != full_pred[i : i + 32, prompt:]).sum())
+                t = torch.arange(prompt, seq).expand_as(ex)
+                cost = cum[t, ex] + torch.clamp(ex + 1, max=L - 1) * gate + tail_kv[ex]
+                spent += float(cost.sum())
+                full += float(cum[t, L - 1].sum())
+                n += ex.numel()
+                hist += torch.bincount(ex.flatten(), minlength=L)
+                if tb is not None:
+                    ce = F.cross_entropy(logits.flatten(0, 1), y[:, prompt:].flatten(), reduction="none")
+                    b = tb[y[:, prompt:].flatten()]
+                    nats += float((ce * (b > 0)).sum())
+                    nbytes += int(b.sum())
+            r = {
+                "threshold": thr,
+                "argmax_changed": changed / n,
+                "layer_flops_skipped": 1 - spent / full,
+                "exit_rate": 1 - float(hist[-1]) / n,
+                "exit_hist": hist.tolist(),
+                "tokens": n,
+            }
+            if tb is not None:
+                r["bpb"] = nats / (math.log(2) * max(1, nbytes))
+            res.append(r)
+            print(
+                f"   exit > {thr}: argmax changed {r['argmax_changed']:.2%}, layer FLOPs skipped "
+                f"{r['layer_flops_skipped']:.1%}, exit rate {r['exit_rate']:.1%} ({n:,} tokens)",
+                flush=True,
+            )
+    return res
+
+
 def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> float:
     b = token_bytes[tgts]
     return float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))
@@ -236,33 +314,22 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         f"ideal gate (exit at the first layer that already agrees): {oracle['layers_skipped']:.1%} of layers "
         f"skipped over {oracle['tokens']:,} tokens; first-agreeing-layer histogram {oracle['first_agreeing_layer_hist']}"
     )
-    # 3. threshold sweep: full width + early exit only, argmax change vs the full model
-    full_pred = score("full", model, el.Policy([1.0] * L))
-    sweep = []
-    for thr in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):
-        pr = score(f"exit@{thr}", model, el.Policy([1.0] * L, exit_threshold=thr))
-        r = rows[f"exit@{thr}"]
-        sweep.append(
-            {
-                "threshold": thr,
-                "argmax_changed": float((pr != full_pred).float().mean()),
-                "layer_flops_skipped": 1 - r["layer_flops_rel"],
-                "flops_skipped": 1 - r["flops_rel"],
-                "exit_rate": r["exit_rate"],
-                "bpb": r["bpb"],
-            }
-        )
-        print(
-            f"   thr {thr}: argmax changed {sweep[-1]['argmax_changed']:.3%}, layer FLOPs skipped {sweep[-1]['layer_flops_skipped']:.3f}"
-        )
+    # 3. threshold sweep: full width + early exit only, whole validation split (batched, exact)
+    print("exit threshold sweep (full width, whole validation split):")
+    sweep = exit_sweep(model, out, SWEEP, prompt)
     d = (
         next(x for x in sweep if x["threshold"] == ecfg.exit_threshold)
-        if ecfg.exit_threshold in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+        if ecfg.exit_threshold in SWEEP
         else None
     )
     if d:
         checks["exit_at_default"] = {k: d[k] for k in ("argmax_changed", "layer_flops_skipped")}
     checks["ghost_over_think_tok_s"] = rows["ghost"]["tok_s"] / rows["think"]["tok_s"]
+    # auto vs the straight line through ghost and think on the (tok/s, bpb) plot: the line's
+    # bpb at auto's speed minus auto's bpb (>= 0: auto on or above the line, i.e. better)
+    g, t, a = rows["ghost"], rows["think"], rows["auto"]
+    slope = (g["bpb"] - t["bpb"]) / (g["tok_s"] - t["tok_s"]) if g["tok_s"] != t["tok_s"] else 0.0
+    checks["auto_margin_over_line_bpb"] = t["bpb"] + slope * (a["tok_s"] - t["tok_s"]) - a["bpb"]
     print("checks:", json.dumps(checks))
     res = {
         "quality": quality,
@@ -529,45 +596,36 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     return res
 
 
-def calibrated_sweep(out: Path, hidden: int, steps: int, n_seq: int, length: int, prompt: int) -> list[dict]:
-    """The gate fitted after training, measured on the real decoding path: replace the trained
-    model's ConfidenceGate with a fresh one (linear, or an MLP of `hidden` units), fit it with the
-    LM frozen to full-width agreement on *training* batches, then decode the held-out sequences
-    (batch 1, copy-forward KV) at several exit thresholds."""
+def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
+    """A trained model's gate refitted from scratch (linear, or an MLP of `hidden` units) for
+    `steps` calibration steps with the LM frozen (el.calibrate_gate on training batches), then
+    the exit sweep on the whole validation split (exit_sweep: exact replay of decoding with
+    copy-forward K/V), next to the model's full-width bits/byte. How the calibration length,
+    gate size and training recipe (e.g. --set elastic.exit_distill_weight=1.0 at `train`) move
+    the curve of argmax changes against layer FLOPs skipped."""
     from adamba.data.loader import TokenLoader
     from adamba.serve.generate import load_model
 
     torch.manual_seed(0)
-    model, _, ckpt = load_model(out / "elastic")
+    torch.set_num_threads(1)
+    model, tok, ckpt = load_model(out / "elastic")
     ecfg = ckpt.cfg.elastic
-    L = len(model.blocks)
     fresh = el.ElasticHeads(model.cfg, ElasticConfig(enabled=True, widths=ecfg.widths, gate_hidden=hidden))
     model.elastic.gates, model.elastic.gate_flops = fresh.gates, fresh.gate_flops
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
-    el.calibrate_gate(model, iter(loader.__next__, None), steps)
-    seqs = val_sequences(out, n_seq, length)
-    _, _, full, _, _ = el.teacher_forced(model, ecfg, el.Policy([1.0] * L), seqs, prompt)
-    res = []
-    for thr in (0.8, 0.9, 0.95):
-        _, _, pr, summ, _ = el.teacher_forced(
-            model, ecfg, el.Policy([1.0] * L, exit_threshold=thr), seqs, prompt
-        )
-        r = {
-            "gate_hidden": hidden,
-            "threshold": thr,
-            "argmax_changed": float((pr != full).float().mean()),
-            "layer_flops_skipped": 1 - summ["layer_flops_rel"],
-            "flops_skipped": 1 - summ["flops_rel"],
-            "exit_rate": summ["exit_rate"],
-        }
-        res.append(r)
-        print(
-            f"calibrated gate (hidden {hidden}, {steps} steps) > {thr}: exit {r['exit_rate']:.1%}, argmax "
-            f"changed {r['argmax_changed']:.2%}, layer FLOPs skipped {r['layer_flops_skipped']:.1%}",
-            flush=True,
-        )
+    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps)
+    print(f"gate (hidden {hidden}) calibrated {steps} steps: BCE {losses[0]:.3f} -> {losses[-1]:.3f}")
+    tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
+    L = len(model.blocks)
+    res = {
+        "gate_hidden": hidden,
+        "steps": steps,
+        "recipe": {k: getattr(ecfg, k) for k in ("exit_loss_weight", "exit_distill_weight")},
+        "bpb": {f"width={w:g}": val_bpb(model, out, tb, [w] * L) for w in (0.5, 1.0)},
+        "sweep": exit_sweep(model, out, SWEEP),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"elastic-calibrated{hidden}-{out.name.removeprefix('el-')}.json"
+    name = f"elastic-calibrated{hidden}-{steps}-{out.name.removeprefix('el-')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=2))
     return res
 
@@ -632,6 +690,7 @@ def seed_experiment(out: Path, steps: int) -> dict:
             "train.threads=1",
             "run.progress=false",
             "elastic.exit_loss_weight=0.1",
+            "elastic.calibrate_steps=300",
             f"train.max_steps={steps}",
             f"run.out_dir={out / 'elastic'}",
         ]
@@ -687,7 +746,7 @@ def main() -> None:
     t.add_argument("--set", action="append", default=[], help="extra overrides for the elastic model")
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
-    m.add_argument("--n-seq", type=int, default=16)
+    m.add_argument("--n-seq", type=int, default=32)
     m.add_argument("--length", type=int, default=128)
     m.add_argument("--prompt", type=int, default=16)
     sp = sub.add_parser("speed")
@@ -704,7 +763,7 @@ def main() -> None:
     cb = sub.add_parser("calibrate")
     cb.add_argument("--out", required=True, type=Path)
     cb.add_argument("--hidden", type=int, default=64)
-    cb.add_argument("--steps", type=int, default=300)
+    cb.add_argument("--steps", type=int, default=1000)
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
     sd = sub.add_parser("seed")
@@ -716,7 +775,7 @@ def main() -> None:
     elif args.cmd == "probe":
         gate_probe(args.out, args.hidden)
     elif args.cmd == "calibrate":
-        calibrated_sweep(args.out, args.hidden, args.steps, 16, 128, 16)
+        calibrated_sweep(args.out, args.hidden, args.steps)
     elif args.cmd == "calm":
         calm_sweep(args.out)
     elif args.cmd == "prepare":

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adamba.config import ElasticConfig, ModelConfig, load_config
+from adamba.config import Config, ElasticConfig, ModelConfig, load_config
 from adamba.errors import AdambaError
 from adamba.model import elastic as el
 from adamba.model.cache import MatryoshkaKVCache
@@ -189,6 +189,7 @@ def elastic_overrides(data, out, steps=8):
         "elastic.enabled=true",
         "elastic.widths=[0.25, 0.5, 1.0]",
         "elastic.gate_token_frac=0.5",
+        "elastic.calibrate_steps=2",
         "train.eval_every=0",
     ]
 
@@ -388,7 +389,7 @@ def test_gate_full_only_changes_gate_targets_not_lm_gradients():
         model.zero_grad()
         torch.manual_seed(5)
         el.elastic_loss(model, x, y, ecfg)[0].backward()
-        gate[full_only] = model.elastic.gates[0].weight.grad.clone()
+        gate[full_only] = model.elastic.gates[0][0].weight.grad.clone()
         lm[full_only] = model.blocks[0].mlp.w_up.weight.grad.clone()
     assert torch.equal(lm[False], lm[True])
     assert not torch.allclose(gate[False], gate[True])
@@ -407,60 +408,6 @@ def test_layer_flops_leave_out_the_head():
             assert summ["layer_flops_rel"] < summ["flops_rel"] < 1.0
         else:
             assert summ["layer_flops_rel"] == pytest.approx(1.0) and summ["flops_rel"] == pytest.approx(1.0)
-
-
-def test_exit_drop_simulates_decoding_exits_exactly():
-    """run_layers(exit_at=...) is the batched twin of decoding with early exits: a token that
-    exits at layer e keeps its layer-e state, and later layers read it as the token's input
-    (copy-forward K/V), so every position's logits equal ElasticRunner's token by token."""
-    torch.manual_seed(0)
-    L, T, prompt = 4, 10, 3
-    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
-    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
-    x = torch.randint(0, 97, (1, T))
-    exit_at = torch.full((1, T), L - 1)
-    exit_at[0, prompt:] = torch.tensor([0, 3, 1, 2, 0, 1, 3])  # decoded positions; prompt runs all layers
-    pos = {"t": prompt}
-
-    def forced_gate(layer, h):  # the gate fires exactly at the scheduled layer of the current token
-        return torch.full(h.shape[:-1], 30.0 if int(exit_at[0, pos["t"]]) == layer else -30.0)
-
-    model.elastic.gate_logit = forced_gate
-    r = el.ElasticRunner(model, ecfg, el.Policy([1.0] * L, exit_threshold=0.95))
-    r.prefill(x[:, :prompt])
-    stepped = []
-    for t in range(prompt, T):
-        pos["t"] = t
-        stepped.append(r.step(x[:, t : t + 1]))
-    assert r.stats.exit_layer == [min(int(e), L - 1) for e in exit_at[0, prompt:]]
-    with torch.no_grad():
-        h, _ = el.run_layers(model, x, [1.0] * L, exit_at=exit_at)
-        batched = model.head(model.norm(h))[0, prompt:]
-    torch.testing.assert_close(torch.cat(stepped), batched, atol=1e-5, rtol=1e-5)
-    # and without exits nothing changes
-    with torch.no_grad():
-        plain, _ = el.run_layers(model, x, [1.0] * L)
-        same, _ = el.run_layers(model, x, [1.0] * L, exit_at=torch.full((1, T), L - 1))
-    assert torch.equal(plain, same)
-
-
-def test_exit_drop_trains_through_copied_states():
-    """exit_drop > 0 changes the full-width LM loss (exited tokens predict from early layers,
-    later tokens read their copied-forward K/V); 0 keeps the old loss bit for bit."""
-    torch.manual_seed(0)
-    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS))
-    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
-    out = {}
-    for drop in (0.0, 0.5):
-        torch.manual_seed(5)
-        out[drop] = el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS, exit_drop=drop))[
-            1
-        ]
-    torch.manual_seed(5)
-    again = el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS))[1]
-    assert torch.equal(out[0.0], again) and not torch.allclose(out[0.0], out[0.5])
-    with pytest.raises(AdambaError, match="exit_drop"):
-        ElasticConfig(enabled=True, exit_drop=1.5).validate()
 
 
 def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
@@ -519,8 +466,8 @@ def test_batched_exits_equal_token_by_token_decoding():
     ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
     model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
     with torch.no_grad():  # spread the gate so some tokens exit at various layers
-        for g in model.elastic.gates:
-            torch.nn.init.normal_(g.weight, 0, 0.5)
+        for p in model.elastic.gates.parameters():
+            torch.nn.init.normal_(p, 0, 0.5)
     x = torch.randint(0, 97, (2, T))
     thr = 0.7
     h, exit_at = el.batched_exits(model, x, [1.0] * L, thr, start=prompt)
@@ -556,3 +503,37 @@ def test_auto_applies_the_predicted_width_uniformly():
     r = el.ElasticRunner(model, ecfg, el.Policy(None))
     r.prefill(x)
     assert r.widths == [1.0] * L  # nothing predicted good: full width
+
+
+def test_trainer_gate_calibration_phase_runs_once(data, tmp_path):
+    """elastic.calibrate_steps: after the LM steps the trainer refits the gate with the LM
+    frozen, records it in the checkpoint and the metrics, and a resumed run does not redo it."""
+    from adamba.train import checkpoint as ck
+    from adamba.train import trainer
+
+    over = elastic_overrides(data, tmp_path / "c", steps=3) + ["elastic.calibrate_steps=4"]
+    trainer.run(load_config("tiny-cpu", over + ["elastic.calibrate_steps=0"]))
+    plain = ck.read_checkpoint(tmp_path / "c")
+    assert plain.state["gate_calibrated"] == 0
+    from safetensors.torch import load_file
+
+    before = load_file(str(plain.path / "model.safetensors"))
+    trainer.run(load_config("tiny-cpu", over), resume=True)  # at max_steps: only the phase runs
+    ckpt = ck.read_checkpoint(tmp_path / "c")
+    assert ckpt.state["gate_calibrated"] == 4 and ckpt.state["step"] == 3
+    after = load_file(str(ckpt.path / "model.safetensors"))
+    for k, v in before.items():  # the LM is frozen, the gate moved
+        assert torch.equal(v, after[k]) == (not k.startswith("elastic.gates")), k
+    assert 0 < ckpt.state["gate_calibration_loss"] < 1.0
+    trainer.run(load_config("tiny-cpu", over), resume=True)  # done already: nothing changes
+    again = load_file(str(ck.read_checkpoint(tmp_path / "c").path / "model.safetensors"))
+    assert all(torch.equal(after[k], again[k]) for k in after)
+
+
+def test_checkpoints_saved_before_gate_hidden_keep_their_linear_gates():
+    from adamba.config import config_from_dict
+
+    old = Config().to_dict()
+    del old["elastic"]["gate_hidden"]
+    assert config_from_dict(old).elastic.gate_hidden == 0
+    assert config_from_dict(Config().to_dict()).elastic.gate_hidden == ElasticConfig().gate_hidden == 64

@@ -23,24 +23,32 @@ so their losses cannot move the LM weights:
     state through the shared final norm + LM head, averaged over layers. Unlike the two heads
     this term does move the LM weights: it makes early layers predictive, which is what gives
     the gate tokens it can safely exit (without it a small model's early layers rarely agree
-    with its last one).
+    with its last one). `exit_distill_weight` adds KL(final layer || layer l) with the final
+    distribution detached, which teaches agreement with the final layer rather than the label.
   * LayerDimPredictor, a 2-layer MLP on the mean (over non-padding positions) of the full-width
     hidden state after `predictor_layer` layers, emitting for every later layer and every width
     the probability that the width is good enough. Target, per example and per sampled width w:
     1 if the example's mean loss at uniform width w is <= (1 + predictor_tol) x its full-width
-    loss. The cheapest width schedule within the tolerance is then read off as, per layer, the
-    smallest width predicted good. The target is a uniform-width schedule (all layers share it);
-    per-layer outputs let the head specialise, but per-layer targets would need L x W passes.
+    loss. The target is a uniform-width schedule and auto applies one: the smallest width whose
+    probability, averaged over the predicted layers, is above 1/2 (per-layer targets would need
+    L x W passes, and mixed schedules are not what the sandwich trains).
+
+Gate calibration (`calibrate_gate`, the trainer's `elastic.calibrate_steps` phase after the LM
+steps): the gate refitted with the LM frozen, on the final model's own full-width agreement at
+every position. Measured, this is what makes the gate usable: the in-loop gate chases a moving
+LM on a token sample and exits almost nothing at 0.95 (benchmarks/README.md).
 
 Inference (`ElasticRunner`): prompt prefill at the mode's widths (no exit), then one token at a
-time. auto: the predictor picks per-layer widths once from the prompt (layers before
-`predictor_layer` run full); after each layer the gate g is read: g > exit_threshold exits the
+time. auto: the predictor picks the width once from the prompt (reading it through the first
+`predictor_layer` layers at full width); after each layer the gate g is read: g > exit_threshold exits the
 token (final norm + head on this hidden state); g < expand_threshold at a layer inside the last
 `expand_layers` switches the remaining layers to full width. Skipped layers' KV (CALM-style):
 an exited token's hidden state is copied forward as the input of every skipped layer, which
 computes and caches only its K/V from it (M/K layers advance their state on it), so later tokens
 find an entry at every layer. Fixed modes (ghost / whisper / normal / think) run one width in
-every layer and never exit.
+every layer and never exit, and decode a batch of sequences together. `batched_exits` replays
+exit decoding over whole sequences in n_layer batched passes (same decisions, same logits), which
+is how the benchmark scores the exit rule on a whole validation split.
 """
 
 from __future__ import annotations
@@ -125,22 +133,12 @@ def attach_elastic(model: nn.Module, ecfg: ElasticConfig) -> nn.Module:
     return model
 
 
-def run_layers(
-    model, idx: torch.Tensor, widths: list[float], keep: bool = False, exit_at: torch.Tensor | None = None
-):
-    """Embedding + blocks at per-layer widths; (final hidden, per-layer hiddens if keep).
-
-    exit_at [B, T] (optional) simulates early exit the way decoding runs it: a token whose
-    exit layer is e keeps its state after block e from then on, and every later block reads
-    that frozen state as the token's input (copy-forward: later tokens attend to K/V computed
-    from it). Tokens with exit_at >= n_layer - 1 run every layer."""
+def run_layers(model, idx: torch.Tensor, widths: list[float], keep: bool = False):
+    """Embedding + blocks at per-layer widths; (final hidden, per-layer hiddens if keep)."""
     x = model.embed(idx)
-    hs, frozen = [], None
-    for j, (block, w) in enumerate(zip(model.blocks, widths)):
+    hs = []
+    for block, w in zip(model.blocks, widths):
         x = block(x, None, w)
-        if exit_at is not None:
-            frozen = x if frozen is None else torch.where((exit_at == j)[..., None], x, frozen)
-            x = torch.where((exit_at <= j)[..., None], frozen, x)
         if keep:
             hs.append(x)
     return x, hs
@@ -165,12 +163,8 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
     lm_terms, per_example, full_ce = [], {}, None
     gate_terms, exit_terms = [], []
     full_argmax, full_hs = None, None
-    exit_at = None
-    if ecfg.exit_drop > 0 and torch.is_grad_enabled():  # train as decoding runs: random exits
-        drop = torch.rand(y.shape, device=y.device) < ecfg.exit_drop
-        exit_at = torch.where(drop, torch.randint(0, L - 1, y.shape, device=y.device), L - 1)
     for w in sample:
-        h, hs = run_layers(model, x, [w] * L, keep=True, exit_at=exit_at if w == 1.0 else None)
+        h, hs = run_layers(model, x, [w] * L, keep=True)
         logits = model.head(model.norm(h))
         ce = F.cross_entropy(
             logits.float().view(-1, logits.shape[-1]), y.view(-1), ignore_index=-100, reduction="none"
@@ -183,8 +177,6 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
             full_hs = hs
         # gate targets (and exit-loss terms) on a random subset of real (non-padding) positions
         sel = valid & (torch.rand(y.shape, device=y.device) < ecfg.gate_token_frac)
-        if exit_at is not None and w == 1.0:
-            sel &= exit_at == L - 1  # gate targets only from tokens that ran every layer
         train_exit = w == 1.0 and (ecfg.exit_loss_weight > 0 or ecfg.exit_distill_weight > 0)
         train_gate = ecfg.gate_weight > 0 and (w == 1.0 or not ecfg.gate_full_only)
         if sel.any() and (train_gate or train_exit):
@@ -240,28 +232,32 @@ def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.T
 
 @torch.no_grad()
 def batched_exits(
-    model, idx: torch.Tensor, widths: list[float], threshold: float, start: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model, idx: torch.Tensor, widths: list[float], threshold: float, start: int = 0, keep: bool = False
+):
     """Early-exit decoding of whole sequences in n_layer batched passes, exactly as
     ElasticRunner decodes them token by token (tests check it): layer j's output for a token
     depends only on layer-j K/V of earlier tokens, so every token's gate decision at layer j is
     known once layer j has run for all. Positions before `start` (the prompt) never exit.
     Returns (final hidden [B, T, d]: exited tokens keep their exit state; exit layer [B, T],
-    n_layer - 1 = ran every layer). Used to score the exit rule on a whole validation split."""
+    n_layer - 1 = ran every layer), plus with keep=True the states every gate read ([L-1] of
+    [B, T, d]; a token's entries after its exit layer are its frozen exit state).
+    Used to score the exit rule on a whole validation split."""
     L = len(model.blocks)
     x = model.embed(idx)
     exit_at = torch.full(idx.shape, L - 1, device=idx.device)
     may_exit = (torch.arange(idx.shape[1], device=idx.device) >= start).expand_as(exit_at)
-    frozen = x
+    frozen, hs = x, []
     for j, (block, w) in enumerate(zip(model.blocks, widths)):
         x = block(x, None, w)
         x = torch.where((exit_at < j)[..., None], frozen, x)  # exited: copy-forward input
         if j < L - 1:
+            if keep:
+                hs.append(x)
             g = torch.sigmoid(model.elastic.gate_logit(j, x))
             go = may_exit & (exit_at == L - 1) & (g > threshold)
             exit_at = torch.where(go, j, exit_at)
             frozen = torch.where(go[..., None], x, frozen)
-    return x, exit_at
+    return (x, exit_at, hs) if keep else (x, exit_at)
 
 
 def calibrate_gate(model, batches, steps: int, lr: float = 3e-3, on_step=None) -> list[float]:
@@ -453,13 +449,21 @@ class ElasticRunner:
         ws = m.elastic.widths
         return next((w for w, p in zip(ws, probs.tolist()) if p > 0.5), 1.0)
 
+    def _copy_forward_flops(self, i: int) -> float:
+        """FLOPs of a skipped layer's copy-forward: its K/V projections (M/K: the whole mixer)."""
+        block = self.model.blocks[i]
+        if block.kind != "A":
+            return 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+        n = self.state[i].heads if self.state else block.mixer.n_kv_head
+        return 2 * self.cfg.d_model * block.mixer.head_dim * 2 * n
+
     def _copy_forward(self, i: int, h: torch.Tensor) -> float:
         """CALM-style KV for a skipped layer: its input is the exit hidden state h."""
         block = self.model.blocks[i]
         xn = block.norm1(h)
         if block.kind != "A":
             block.mixer(xn, self.state[i])
-            return 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+            return self._copy_forward_flops(i)
         a, cache = block.mixer, self.state[i]
         n, hd = cache.heads, a.head_dim
         wt = a.qkv_proj.weight
@@ -474,7 +478,7 @@ class ElasticRunner:
         if a.rotary is not None:
             k = a.rotary(k, cache.length)
         cache.append(k, v)
-        return 2 * self.cfg.d_model * hd * 2 * n
+        return self._copy_forward_flops(i)
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:

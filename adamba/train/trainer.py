@@ -142,6 +142,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     display = ProgressDisplay(total, start, enabled=cfg.run.progress)
     budget_fixed = ckpt is not None or cfg.train.max_minutes <= 0
     gate_calibrated = ckpt.state.get("gate_calibrated", 0) if ckpt is not None else 0
+    gate_loss = ckpt.state.get("gate_calibration_loss") if ckpt is not None else None
 
     def evaluate() -> dict | None:
         if not cfg.data.val:
@@ -168,6 +169,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             "elapsed_s": elapsed,
             "gate_calibrated": gate_calibrated,
         }
+        if gate_loss is not None:
+            state["gate_calibration_loss"] = gate_loss
         ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
 
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum
@@ -269,14 +272,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 ),
             )
         bar.close()
-        gate_calibrated = ec.calibrate_steps
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(
-                json.dumps(
-                    {"step": step, "gate_calibration_loss": losses[-1], "gate_calibration_steps": len(losses)}
-                )
-                + "\n"
-            )
+        gate_calibrated, gate_loss = ec.calibrate_steps, sum(losses[-20:]) / len(losses[-20:])
         save(step, elapsed_prev + time.time() - t0, loader.state_dict())
     elapsed = time.time() - t0
     return TrainResult(
