@@ -185,7 +185,7 @@ def oracle_exit(model, out: Path, seq: int = 128, max_rows: int = 256) -> dict:
 
 
 def exit_sweep(
-    model, out: Path, thresholds, prompt: int = 16, seq: int = 128, max_rows: int | None = None
+    model, out: Path, thresholds, token_bytes: torch.Tensor, prompt: int = 16, seq: int = 128
 ) -> list[dict]:
     """The exit rule at full width over the whole validation split, in n_layer batched passes
     per batch of rows (el.batched_exits: the same decisions and logits as token-by-token
@@ -194,16 +194,10 @@ def exit_sweep(
     FLOPs skipped (layers + gates + copy-forward K/V, the runner's accounting; LM head left
     out), exit rate, exit-layer histogram and bits/byte."""
     L = len(model.blocks)
-    rows = val_rows(out, seq, max_rows)
+    rows = val_rows(out, seq)
     acct = el.ElasticRunner(model, model.elastic.ecfg, el.Policy([1.0] * L))
     kv = [acct._copy_forward_flops(j) for j in range(L)]
     gate = model.elastic.gate_flops
-    tb = None
-    tok_path = out / "tokenizer.json"
-    if tok_path.exists():
-        from adamba.data.tokenizer import Tokenizer
-
-        tb = torch.as_tensor(Tokenizer.load(tok_path).token_bytes(), dtype=torch.long)
     # per-position layer costs at full width: [T, L] (attention grows with the context)
     per = torch.tensor([[acct._layer_flops(j, 1.0, t + 1) for j in range(L)] for t in range(seq)])
     cum = per.cumsum(1)  # cost of layers 0..e
@@ -216,7 +210,7 @@ def exit_sweep(
             full_pred.append(model.head(model.norm(h)).argmax(-1))
         full_pred = torch.cat(full_pred)
         for thr in thresholds:
-            changed, spent, full, n, nats, nbytes = 0, 0.0, 0.0, 0, 0.0, 0
+            changed, spent, full, n, ces, tgts = 0, 0.0, 0.0, 0, [], []
             hist = torch.zeros(L, dtype=torch.long)
             for i in range(0, len(rows), 32):
                 x, y = rows[i : i + 32, :-1], rows[i : i + 32, 1:]
@@ -230,11 +224,8 @@ def exit_sweep(
                 full += float(cum[t, L - 1].sum())
                 n += ex.numel()
                 hist += torch.bincount(ex.flatten(), minlength=L)
-                if tb is not None:
-                    ce = F.cross_entropy(logits.flatten(0, 1), y[:, prompt:].flatten(), reduction="none")
-                    b = tb[y[:, prompt:].flatten()]
-                    nats += float((ce * (b > 0)).sum())
-                    nbytes += int(b.sum())
+                tgts.append(y[:, prompt:].flatten())
+                ces.append(F.cross_entropy(logits.flatten(0, 1), tgts[-1], reduction="none"))
             r = {
                 "threshold": thr,
                 "argmax_changed": changed / n,
@@ -242,9 +233,8 @@ def exit_sweep(
                 "exit_rate": 1 - float(hist[-1]) / n,
                 "exit_hist": hist.tolist(),
                 "tokens": n,
+                "bpb": bpb_of(torch.cat(ces), torch.cat(tgts), token_bytes),
             }
-            if tb is not None:
-                r["bpb"] = nats / (math.log(2) * max(1, nbytes))
             res.append(r)
             print(
                 f"   exit > {thr}: argmax changed {r['argmax_changed']:.2%}, layer FLOPs skipped "
@@ -316,7 +306,7 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
     )
     # 3. threshold sweep: full width + early exit only, whole validation split (batched, exact)
     print("exit threshold sweep (full width, whole validation split):")
-    sweep = exit_sweep(model, out, SWEEP, prompt)
+    sweep = exit_sweep(model, out, SWEEP, tb, prompt)
     d = (
         next(x for x in sweep if x["threshold"] == ecfg.exit_threshold)
         if ecfg.exit_threshold in SWEEP
@@ -622,7 +612,7 @@ def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
         "steps": steps,
         "recipe": {k: getattr(ecfg, k) for k in ("exit_loss_weight", "exit_distill_weight")},
         "bpb": {f"width={w:g}": val_bpb(model, out, tb, [w] * L) for w in (0.5, 1.0)},
-        "sweep": exit_sweep(model, out, SWEEP),
+        "sweep": exit_sweep(model, out, SWEEP, tb),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"elastic-calibrated{hidden}-{steps}-{out.name.removeprefix('el-')}.json"

@@ -232,32 +232,28 @@ def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.T
 
 @torch.no_grad()
 def batched_exits(
-    model, idx: torch.Tensor, widths: list[float], threshold: float, start: int = 0, keep: bool = False
-):
+    model, idx: torch.Tensor, widths: list[float], threshold: float, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Early-exit decoding of whole sequences in n_layer batched passes, exactly as
     ElasticRunner decodes them token by token (tests check it): layer j's output for a token
     depends only on layer-j K/V of earlier tokens, so every token's gate decision at layer j is
     known once layer j has run for all. Positions before `start` (the prompt) never exit.
     Returns (final hidden [B, T, d]: exited tokens keep their exit state; exit layer [B, T],
-    n_layer - 1 = ran every layer), plus with keep=True the states every gate read ([L-1] of
-    [B, T, d]; a token's entries after its exit layer are its frozen exit state).
-    Used to score the exit rule on a whole validation split."""
+    n_layer - 1 = ran every layer). Used to score the exit rule on a whole validation split."""
     L = len(model.blocks)
     x = model.embed(idx)
     exit_at = torch.full(idx.shape, L - 1, device=idx.device)
     may_exit = (torch.arange(idx.shape[1], device=idx.device) >= start).expand_as(exit_at)
-    frozen, hs = x, []
+    frozen = x
     for j, (block, w) in enumerate(zip(model.blocks, widths)):
         x = block(x, None, w)
         x = torch.where((exit_at < j)[..., None], frozen, x)  # exited: copy-forward input
         if j < L - 1:
-            if keep:
-                hs.append(x)
             g = torch.sigmoid(model.elastic.gate_logit(j, x))
             go = may_exit & (exit_at == L - 1) & (g > threshold)
             exit_at = torch.where(go, j, exit_at)
             frozen = torch.where(go[..., None], x, frozen)
-    return (x, exit_at, hs) if keep else (x, exit_at)
+    return x, exit_at
 
 
 def calibrate_gate(model, batches, steps: int, lr: float = 3e-3, on_step=None) -> list[float]:
@@ -265,14 +261,12 @@ def calibrate_gate(model, batches, steps: int, lr: float = 3e-3, on_step=None) -
 
     Why a phase after training: in-loop gate targets come from an LM that is still moving and
     from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
-    Shakespeare and the stdlib corpus, a gate fitted afterwards on the final model's own
-    full-width agreement exits 3-50x more tokens at the same argmax-change rate
-    (benchmarks/README.md, "Elastic compute"). Each step reads one (x, y) batch, runs the
+    Shakespeare and the stdlib corpus at the default 0.95, the in-loop gate skips 0.1-0.2% of
+    layer FLOPs and the calibrated one 12-19% (benchmarks/README.md, "Elastic compute"). Each step reads one (x, y) batch, runs the
     frozen model at full width and takes one Adam step on the gates' BCE over every
     non-padding position (y != -100). Returns the per-step losses."""
     heads: ElasticHeads = model.elastic
-    params = list(heads.gates.parameters())
-    opt = torch.optim.Adam(params, lr)
+    opt = torch.optim.Adam(heads.gates.parameters(), lr)
     losses = []
     was_training = model.training
     model.eval()
@@ -344,6 +338,11 @@ class TokenStats:
         }
 
 
+def mixer_matmul_flops(block) -> float:
+    """Per-token FLOPs of an M/K mixer: 2 x its matrix weights (full width, like the state)."""
+    return 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+
+
 class ElasticRunner:
     """Elastic decoding: `prefill(prompt)` then `step(token)`. Per-token exits and the
     per-prompt predictor run one sequence at a time (batch 1); fixed-width policies (the
@@ -385,7 +384,7 @@ class ElasticRunner:
             n_store = self.state[i].heads if self.state else a.n_kv_head
             f += 2 * d * a.head_dim * (hq + 2 * n_store) + 4 * hq * a.head_dim * ctx + 2 * hq * a.head_dim * d
         else:
-            f += 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+            f += mixer_matmul_flops(block)
         if block.mlp is not None:
             f += 2 * d * block.mlp.units_at(w) * (3 if block.mlp.act == "swiglu" else 2)
         return f
@@ -399,7 +398,7 @@ class ElasticRunner:
                 hd, H, K = a.head_dim, a.n_head, a.n_kv_head
                 total += 2 * d * hd * (H + 2 * K) + 4 * H * hd * ctx + 2 * H * hd * d
             else:
-                total += 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+                total += mixer_matmul_flops(block)
             if block.mlp is not None:
                 total += 2 * d * block.mlp.hidden * (3 if block.mlp.act == "swiglu" else 2)
         return total
@@ -453,7 +452,7 @@ class ElasticRunner:
         """FLOPs of a skipped layer's copy-forward: its K/V projections (M/K: the whole mixer)."""
         block = self.model.blocks[i]
         if block.kind != "A":
-            return 2 * sum(p.numel() for p in block.mixer.parameters() if p.ndim >= 2)
+            return mixer_matmul_flops(block)
         n = self.state[i].heads if self.state else block.mixer.n_kv_head
         return 2 * self.cfg.d_model * block.mixer.head_dim * 2 * n
 
