@@ -68,7 +68,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from adamba.eval.run import run_eval
 
-    for line in run_eval(args.ckpt, args.tasks.split(","), args.data, args.batches):
+    for line in run_eval(args.ckpt, args.tasks.split(","), args.data, args.batches, args.decode_batch):
         print(line)
 
 
@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", default="bpb", help="comma-separated: bpb, efficiency")
     e.add_argument("--data", action="append", help="validation manifest(s) (default: the run's data.val)")
     e.add_argument("--batches", type=int, default=50)
+    e.add_argument(
+        "--decode-batch",
+        type=int,
+        default=1,
+        help="efficiency: decode this many sequences together (tokens/s at a batch; auto needs an attention-only model)",
+    )
     e.set_defaults(func=cmd_eval)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on a built-in corpus, in minutes on a CPU")

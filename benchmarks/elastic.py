@@ -18,7 +18,7 @@ the same parameters and tokens) and a dense model shaped like the elastic model'
 sub-network (half the heads, half the MLP units), for MatFormer's "sub-model within 5% of a
 separately trained one". `measure` scores every width and the dense peers on the whole
 validation split (batched), decodes held-out sequences token by token under every compute mode
-(batch 1, KV cache, the way generation runs), sweeps the exit threshold at full width, and
+(KV cache, `--batch` sequences per step, auto included), sweeps the exit threshold at full width, and
 writes benchmarks/results/elastic-<out>.json and .png. `speed` times ghost vs think decoding on
 random-weight models of growing width. `seed` re-runs the seed repository's tiny experiment
 (8 layers, widths 32..256, easy/hard mix). Timings on a shared CPU are noisy: compare the
@@ -249,7 +249,7 @@ def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> f
     return float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))
 
 
-def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
+def measure(out: Path, n_seq: int, length: int, prompt: int, batch: int) -> dict:
     from adamba.serve.generate import load_model
 
     torch.set_num_threads(1)
@@ -283,7 +283,7 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         checks["full_vs_dense"] = quality["width=1"] / quality["dense-dense"] - 1
 
     def score(name, m, policy, e=ecfg):
-        ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt)
+        ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt, batch)
         summ.update(bpb=bpb_of(ce, tg, tb), tok_s=summ["tokens"] / max(1e-9, secs))
         rows[name] = summ
         print(
@@ -293,8 +293,9 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         )
         return pr
 
-    # 2. compute modes, decoded token by token (batch 1, KV cache) next to the dense peers
-    print(f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch 1:")
+    # 2. compute modes, decoded token by token (KV cache, `batch` sequences per step) next to
+    # the dense peers; at batch 1 every width of a d128 model runs at the same speed (dispatch)
+    print(f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch {batch}:")
     for peer, dm in peers.items():
         score(f"dense-{peer}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig())
     for mode in el.MODES:
@@ -315,11 +316,7 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
     if d:
         checks["exit_at_default"] = {k: d[k] for k in ("argmax_changed", "layer_flops_skipped")}
     checks["ghost_over_think_tok_s"] = rows["ghost"]["tok_s"] / rows["think"]["tok_s"]
-    # auto vs the straight line through ghost and think on the (tok/s, bpb) plot: the line's
-    # bpb at auto's speed minus auto's bpb (>= 0: auto on or above the line, i.e. better)
-    g, t, a = rows["ghost"], rows["think"], rows["auto"]
-    slope = (g["bpb"] - t["bpb"]) / (g["tok_s"] - t["tok_s"]) if g["tok_s"] != t["tok_s"] else 0.0
-    checks["auto_margin_over_line_bpb"] = t["bpb"] + slope * (a["tok_s"] - t["tok_s"]) - a["bpb"]
+    checks["auto_margin_over_line_bpb"] = margin_over_line(rows, "auto")
     print("checks:", json.dumps(checks))
     res = {
         "quality": quality,
@@ -329,6 +326,7 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
         "oracle_exit": oracle,
         "checks": checks,
         "n_seq": len(seqs),
+        "decode_batch": batch,
         "length": length,
         "prompt": prompt,
         "train": json.loads((out / "train_log.json").read_text())
@@ -339,6 +337,19 @@ def measure(out: Path, n_seq: int, length: int, prompt: int) -> dict:
     (RESULTS / f"elastic-{out.name.removeprefix('el-')}.json").write_text(json.dumps(res, indent=2))
     plot(res, RESULTS / f"elastic-{out.name.removeprefix('el-')}.png")
     return res
+
+
+def margin_over_line(rows: dict, name: str) -> float:
+    """How far a contender lies above the straight lines between the fixed modes on the
+    (tokens/s, bits/byte) plot: the line's bits/byte at the contender's speed minus its own
+    (>= 0: on or above the line, i.e. better). The line is piecewise, through the fixed modes
+    sorted by speed; outside their range the nearest segment is extended."""
+    pts = sorted((rows[m]["tok_s"], rows[m]["bpb"]) for m in ("ghost", "whisper", "normal", "think"))
+    x, y = rows[name]["tok_s"], rows[name]["bpb"]
+    k = next((i for i in range(len(pts) - 1) if x <= pts[i + 1][0]), len(pts) - 2)
+    (x0, y0), (x1, y1) = pts[k], pts[k + 1]
+    line = y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 != x0 else min(y0, y1)
+    return line - y
 
 
 def speed_scaling(d_models: list[int], n_layer: int, tokens: int, prompt: int) -> list[dict]:
@@ -446,7 +457,7 @@ def plot(res: dict, path: Path) -> None:
             a.annotate(name, (r["tok_s"], r["bpb"]))
     fixed = [rows[m] for m in ("ghost", "whisper", "normal", "think") if m in rows]
     a.plot([r["tok_s"] for r in fixed], [r["bpb"] for r in fixed], "k--", lw=0.8)
-    a.set_xlabel("decode tokens/s (batch 1, CPU, 1 thread)")
+    a.set_xlabel(f"decode tokens/s (batch {res.get('decode_batch', 1)}, CPU, 1 thread)")
     a.set_ylabel("val bits/byte")
     a.set_title("compute modes")
     s = res["sweep"]
@@ -736,7 +747,8 @@ def main() -> None:
     t.add_argument("--set", action="append", default=[], help="extra overrides for the elastic model")
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
-    m.add_argument("--n-seq", type=int, default=32)
+    m.add_argument("--n-seq", type=int, default=256)
+    m.add_argument("--batch", type=int, default=256, help="sequences decoded together")
     m.add_argument("--length", type=int, default=128)
     m.add_argument("--prompt", type=int, default=16)
     sp = sub.add_parser("speed")
@@ -781,7 +793,7 @@ def main() -> None:
     elif args.cmd == "speed":
         speed_scaling([int(x) for x in args.d_models.split(",")], args.layers, args.tokens, 16)
     else:
-        measure(args.out, args.n_seq, args.length, args.prompt)
+        measure(args.out, args.n_seq, args.length, args.prompt, args.batch)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,31 @@ def test_cli_mode_and_efficiency(elastic_run):
     }
     assert set(rows) == set(el.MODES)
     assert float(rows["think"][2]) == pytest.approx(1.0) and float(rows["ghost"][2]) < 0.5
+    # the same sequences decoded two at a time: the same bits/byte and FLOPs for every mode
+    res = adamba(
+        "eval",
+        "--ckpt",
+        str(elastic_run / "el"),
+        "--tasks",
+        "efficiency",
+        "--batches",
+        "2",
+        "--decode-batch",
+        "2",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "decode batch 2" in res.stdout
+    rows2 = {
+        ln.split()[0]: ln.split()
+        for ln in res.stdout.splitlines()
+        if ln.split() and ln.split()[0] in el.MODES
+    }
+    for mode in el.MODES:  # bpb, FLOPs, exit rate (batched matmuls may differ in the last bits)
+        assert [float(v) for v in rows2[mode][1:4]] == pytest.approx(
+            [float(v) for v in rows[mode][1:4]], abs=2e-3
+        )
+    res = adamba("eval", "--ckpt", str(elastic_run / "el"), "--tasks", "efficiency", "--decode-batch", "0")
+    assert_clean_error(res, "decode-batch")
     res = adamba("eval", "--ckpt", str(elastic_run / "dense"), "--tasks", "efficiency")
     assert_clean_error(res, "trained with Matryoshka")
 
@@ -451,11 +476,54 @@ def test_fixed_modes_decode_a_batch_like_one_sequence_at_a_time(mode):
         torch.testing.assert_close(
             torch.cat(single), torch.stack([b[i] for b in batched]), atol=1e-5, rtol=1e-5
         )
-    with pytest.raises(AdambaError, match="batch 1"):
-        el.ElasticRunner(model, ecfg, el.mode_policy("auto", model, ecfg), batch=2)
     with pytest.raises(AdambaError, match="rows"):
         rb2 = el.ElasticRunner(model, ecfg, pol, batch=2)
         rb2.prefill(x[:, :4])
+
+
+def test_auto_decodes_a_batch_like_one_sequence_at_a_time():
+    """Batched adaptive decoding (auto: a predicted width per row, per-token exit and expansion,
+    copy-forward K/V for exited rows) gives every row the exit layers, expansions, widths and
+    logits of batch-1 decoding; a model with a Mamba layer refuses it with a clear error."""
+    torch.manual_seed(0)
+    L, T, prompt, B = 4, 20, 4, 4
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, expand_layers=2, expand_threshold=0.3)
+    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
+    with torch.no_grad():  # spread the gate and the predictor so rows differ
+        for p in list(model.elastic.gates.parameters()) + list(model.elastic.predictor.parameters()):
+            torch.nn.init.normal_(p, 0, 0.5)
+    x = torch.randint(0, 97, (B, T))
+    n = T - prompt
+    policies = [  # auto (rows split by predicted width), and one width with exits (no split)
+        el.Policy(None, exit_threshold=0.7, expand_threshold=0.3),
+        el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3),
+        el.Policy([1.0] * L, exit_threshold=0.7),
+    ]
+    for pol in policies:
+        rb = el.ElasticRunner(model, ecfg, pol, batch=B)
+        batched = [rb.prefill(x[:, :prompt])] + [rb.step(x[:, t : t + 1]) for t in range(prompt, T)]
+        if pol.widths is None:
+            assert len(set(rb.row_widths)) >= 2 and rb.parts  # rows really run at different widths
+        sb = rb.stats
+        for b in range(B):
+            r1 = el.ElasticRunner(model, ecfg, pol)
+            single = [r1.prefill(x[b : b + 1, :prompt])] + [
+                r1.step(x[b : b + 1, t : t + 1]) for t in range(prompt, T)
+            ]
+            assert r1.widths[0] == rb.row_widths[b]
+            torch.testing.assert_close(
+                torch.cat(single), torch.stack([o[b] for o in batched]), atol=1e-5, rtol=1e-5
+            )
+            assert r1.stats.exit_layer == sb.exit_layer[b::B][:n]
+            assert r1.stats.expanded == sb.expanded[b::B][:n]
+            assert r1.stats.widths == sb.widths[b::B][:n]
+            assert r1.stats.flops == pytest.approx(sb.flops[b::B][:n])
+        hist = torch.bincount(torch.tensor(sb.exit_layer), minlength=L)
+        assert (hist[: L - 1] > 0).sum() >= 2 and hist[L - 1] > 0
+        assert any(sb.expanded) == (pol.expand_threshold is not None)
+    hybrid = el.attach_elastic(LM(tiny(n_layer=2, pattern="AM")), ecfg)
+    with pytest.raises(AdambaError, match="attention-only"):
+        el.ElasticRunner(hybrid, ecfg, pol, batch=2)
 
 
 def test_batched_exits_equal_token_by_token_decoding():

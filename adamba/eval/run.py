@@ -14,7 +14,9 @@ EFFICIENCY_MAX_SEQS = 8  # token-by-token decoding of every mode is slow: a few 
 EFFICIENCY_LEN, EFFICIENCY_PROMPT = 128, 16
 
 
-def run_eval(ckpt_path: str, tasks: list[str], data: list[str] | None = None, batches: int = 50) -> list[str]:
+def run_eval(
+    ckpt_path: str, tasks: list[str], data: list[str] | None = None, batches: int = 50, decode_batch: int = 1
+) -> list[str]:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise AdambaError(f"unknown eval task(s) {', '.join(unknown)}; available: {', '.join(TASKS)}")
@@ -37,36 +39,43 @@ def run_eval(ckpt_path: str, tasks: list[str], data: list[str] | None = None, ba
             f"bpb: val loss {res['loss']:.4f}  bits/byte {res['bpb']:.4f}  ({res['tokens']:,} tokens)"
         )
     if "efficiency" in tasks:
-        lines += efficiency_lines(model, tokenizer, ckpt, data, batches)
+        lines += efficiency_lines(model, tokenizer, ckpt, data, batches, decode_batch)
     return lines
 
 
-def efficiency_lines(model, tokenizer, ckpt, data, batches) -> list[str]:
-    """Per compute mode, decoding held-out sequences token by token (batch 1, KV cache): val
-    bits/byte of the continuation after a 16-token prompt, FLOPs per token relative to the full
-    model, early-exit and expansion rates, exit-layer histogram, decode tokens/s."""
+def efficiency_lines(model, tokenizer, ckpt, data, batches, decode_batch: int = 1) -> list[str]:
+    """Per compute mode, decoding held-out sequences token by token (`decode_batch` sequences
+    together, KV cache): val bits/byte of the continuation after a 16-token prompt, FLOPs per
+    token relative to the full model, early-exit and expansion rates, exit-layer histogram,
+    decode tokens/s. At batch 1 a small model's step is dispatch overhead, the same at every
+    width; a batch is what shows the widths' speed difference."""
     import math
 
     from adamba.model import elastic as el
 
     ecfg = el.model_ecfg(model)
+    if decode_batch < 1:
+        raise AdambaError(f"--decode-batch {decode_batch} must be >= 1")
     val = data or ckpt.cfg.data.val
     if not val:
         raise AdambaError("no validation data: pass --data MANIFEST (the run has no data.val)")
     length = min(EFFICIENCY_LEN, ckpt.cfg.data.seq_len)
     loader = TokenLoader(val, 1, length, seed=0, tokenizer_fingerprint=tokenizer.fingerprint())
     seqs = []
-    for _ in range(max(1, min(batches, EFFICIENCY_MAX_SEQS))):
+    for _ in range(max(1, min(batches, EFFICIENCY_MAX_SEQS), decode_batch)):
         x, y = next(loader)
         seqs.append(torch.cat([x[0], y[0, -1:]]))
     tb = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
-    lines = [f"efficiency: {len(seqs)} sequences x {length} tokens, prompt {EFFICIENCY_PROMPT}, batch 1"]
+    lines = [
+        f"efficiency: {len(seqs)} sequences x {length} tokens, prompt {EFFICIENCY_PROMPT}, "
+        f"decode batch {decode_batch}"
+    ]
     lines.append(
         f"{'mode':>8} {'bpb':>7} {'FLOPs':>6} {'exit':>6} {'expand':>6} {'tok/s':>7}  exit-layer histogram"
     )
     for mode in el.MODES:
         ce, tgt, _, s, secs = el.teacher_forced(
-            model, ecfg, el.mode_policy(mode, model, ecfg), seqs, EFFICIENCY_PROMPT
+            model, ecfg, el.mode_policy(mode, model, ecfg), seqs, EFFICIENCY_PROMPT, decode_batch
         )
         b = tb[tgt]
         bpb = float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))

@@ -28,7 +28,7 @@ class MatryoshkaKVCache:
 
     def reserve_heads(self, n: int) -> None:
         """Store at least n heads from now on (only possible before the first token)."""
-        if n > self.heads and self.length > 0:
+        if n > self.heads and (self.length > 0 or self.k is not None):
             raise AdambaError(
                 f"KV cache holds {self.length} tokens at {self.heads} heads; it cannot widen to {n} "
                 "(reserve the widest width before prefill)"
@@ -44,12 +44,20 @@ class MatryoshkaKVCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append K/V of `heads` heads for T new tokens; return all stored keys/values."""
+        out = self.write_rows(None, k, v)
+        self.length += k.shape[2]
+        return out
+
+    def write_rows(self, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
+        """Write K/V [len(rows), heads, T, head_dim] for the next T positions of some rows (None =
+        every row) without advancing `length`; return those rows' keys/values up to the new end.
+        Batched adaptive decoding runs a layer on row subsets (exited rows, width groups): each
+        writes its rows, then `advance` moves every row on together."""
         if k.shape[1] > self.heads:  # the full-width path appends every head without asking
             self.reserve_heads(k.shape[1])
         if k.shape[1] != self.heads:
             raise ValueError(f"append got {k.shape[1]} heads, cache stores {self.heads}")
-        T = k.shape[2]
-        need = self.length + T
+        need = self.length + k.shape[2]
         if self.k is None:
             cap = max(need, self.capacity)
             shape = (self.batch, self.heads, cap, self.head_dim)
@@ -60,10 +68,17 @@ class MatryoshkaKVCache:
             grow = (self.batch, self.heads, cap - self.k.shape[2], self.head_dim)
             self.k = torch.cat([self.k, self.k.new_zeros(grow)], dim=2)
             self.v = torch.cat([self.v, self.v.new_zeros(grow)], dim=2)
-        self.k[:, :, self.length : need] = k
-        self.v[:, :, self.length : need] = v
-        self.length = need
-        return self.k[:, :, :need], self.v[:, :, :need]
+        if rows is None:
+            self.k[:, :, self.length : need] = k
+            self.v[:, :, self.length : need] = v
+            return self.k[:, :, :need], self.v[:, :, :need]
+        self.k[rows, :, self.length : need] = k
+        self.v[rows, :, self.length : need] = v
+        return self.k[rows, :, :need], self.v[rows, :, :need]
+
+    def advance(self, T: int) -> None:
+        """Move every row on by T positions (after `write_rows` filled them all)."""
+        self.length += T
 
     def nbytes(self) -> int:
         """Bytes of the filled part (keys + values)."""
@@ -74,3 +89,21 @@ class MatryoshkaKVCache:
         return (
             2 * self.batch * self.max_heads * self.length * self.head_dim * torch.finfo(self.dtype).bits // 8
         )
+
+
+class RowView:
+    """Some rows of a MatryoshkaKVCache, as an attention layer sees a cache: `length`,
+    `heads_for`, `append` (which writes these rows only and leaves the advance to the caller)."""
+
+    def __init__(self, cache: MatryoshkaKVCache, rows: torch.Tensor):
+        self.cache, self.rows = cache, rows
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def heads_for(self, n: int) -> int:
+        return self.cache.heads_for(n)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.write_rows(self.rows, k, v)

@@ -46,7 +46,8 @@ token (final norm + head on this hidden state); g < expand_threshold at a layer 
 an exited token's hidden state is copied forward as the input of every skipped layer, which
 computes and caches only its K/V from it (M/K layers advance their state on it), so later tokens
 find an entry at every layer. Fixed modes (ghost / whisper / normal / think) run one width in
-every layer and never exit, and decode a batch of sequences together. `batched_exits` replays
+every layer and never exit. Both decode a batch of sequences together: auto runs each layer on
+the rows still live, one group per predicted width (attention-only models). `batched_exits` replays
 exit decoding over whole sequences in n_layer batched passes (same decisions, same logits), which
 is how the benchmark scores the exit rule on a whole validation split.
 """
@@ -63,7 +64,7 @@ from torch import nn
 
 from adamba.config import ElasticConfig, ModelConfig
 from adamba.errors import AdambaError
-from adamba.model.cache import MatryoshkaKVCache
+from adamba.model.cache import MatryoshkaKVCache, RowView
 from adamba.model.lm import sample_next
 
 MODES = ("ghost", "whisper", "normal", "think", "auto")
@@ -344,9 +345,12 @@ def mixer_matmul_flops(block) -> float:
 
 
 class ElasticRunner:
-    """Elastic decoding: `prefill(prompt)` then `step(token)`. Per-token exits and the
-    per-prompt predictor run one sequence at a time (batch 1); fixed-width policies (the
-    ghost / whisper / normal / think modes) also decode `batch` sequences together."""
+    """Elastic decoding: `prefill(prompt)` then `step(token)`, for `batch` sequences together.
+    Fixed-width policies (ghost / whisper / normal / think) run the plain batched path. Adaptive
+    policies (auto: per-row predicted width, per-token exit and expansion) decode a batch by
+    running each layer on the rows still live, one group per width, with every exited row
+    adding its copy-forward K/V; each row gets the decisions and logits batch-1 decoding gives
+    it (tests). Batched adaptive decoding needs an attention-only model."""
 
     def __init__(self, model, ecfg: ElasticConfig, policy: Policy, batch: int = 1):
         if policy.widths is not None:
@@ -361,12 +365,15 @@ class ElasticRunner:
         adaptive = (
             policy.widths is None or policy.exit_threshold is not None or policy.expand_threshold is not None
         )
-        if batch != 1 and adaptive:
+        if batch != 1 and adaptive and any(b.kind != "A" for b in model.blocks):
             raise AdambaError(
-                "early exit, expansion and the width predictor decode one sequence at a time (batch 1); "
-                "fixed-width modes (ghost / whisper / normal / think) take a batch"
+                "early exit, expansion and the width predictor decode a batch only on attention-only "
+                "models (Mamba2/KDA states are not split by row); decode one sequence at a time (batch 1)"
             )
         self.model, self.ecfg, self.policy, self.batch = model, ecfg, policy, batch
+        self.rows_mode = batch != 1 and adaptive  # per-row widths / exits: layers run on row subsets
+        self.row_widths: list[float] = [1.0] * batch
+        self.parts: list = []  # batched auto: (rows, runner) per predicted width
         self.L = len(model.blocks)
         self.cfg: ModelConfig = model.cfg
         self.stats = TokenStats()
@@ -410,7 +417,7 @@ class ElasticRunner:
             if block.kind == "A":
                 a = block.mixer
                 c = MatryoshkaKVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype)
-                w = self.widths[i]
+                w = max(self.row_widths) if self.rows_mode else self.widths[i]
                 if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
                     w = 1.0  # expansion may widen this layer later: reserve full width now
                 c.reserve_heads(a.heads_at(w)[1])
@@ -426,7 +433,9 @@ class ElasticRunner:
         if idx.shape[0] != self.batch:
             raise AdambaError(f"the prompt has {idx.shape[0]} rows; this runner decodes batch {self.batch}")
         pol = self.policy
-        self.widths = [self.choose_width(idx)] * self.L if pol.widths is None else list(pol.widths)
+        if self.rows_mode:
+            return self._prefill_rows(idx)
+        self.widths = [self.choose_width(idx)[0]] * self.L if pol.widths is None else list(pol.widths)
         self.state = self._new_state()
         x = m.embed(idx)
         for i, block in enumerate(m.blocks):
@@ -434,8 +443,64 @@ class ElasticRunner:
         self.pos = idx.shape[1]
         return m.head(m.norm(x))[:, -1]  # all rows, as the plain model does (same bits)
 
-    def choose_width(self, idx: torch.Tensor) -> float:
-        """The LayerDimPredictor's pick for this prompt: the smallest width whose predicted
+    def _prefill_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Batched adaptive prefill (no exit in the prompt). auto: the predictor picks a width
+        per row and rows of one width become one part, a runner of their own with that uniform
+        width, so a part's caches hold only its rows and a step gathers no keys/values."""
+        m, pol, B, T = self.model, self.policy, self.batch, idx.shape[1]
+        if pol.widths is not None and len(set(pol.widths)) > 1:
+            raise AdambaError("batched adaptive decoding takes one width for every layer")
+        self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * B
+        self.parts = []
+        if len(set(self.row_widths)) > 1:
+            out = None
+            for w, rows in self._groups(torch.ones(B, dtype=torch.bool), self.row_widths):
+                sub = ElasticRunner(
+                    m, self.ecfg, Policy([w] * self.L, pol.exit_threshold, pol.expand_threshold), len(rows)
+                )
+                lg = sub.prefill(idx[rows])
+                out = lg.new_empty(B, lg.shape[-1]) if out is None else out
+                out[rows] = lg
+                self.parts.append((rows, sub))
+            self.pos = T
+            return out
+        self.widths = [self.row_widths[0]] * self.L
+        self.state = self._new_state()
+        x = m.embed(idx)
+        for i, block in enumerate(m.blocks):
+            x = block(x, RowView(self.state[i], None), self.widths[i])
+        for c in self.state:
+            c.advance(T)
+        self.pos = T
+        return m.head(m.norm(x[:, -1]))
+
+    def _step_parts(self, tok: torch.Tensor) -> torch.Tensor:
+        """One step of every part; logits and per-row stats put back in row order."""
+        out, per_row = None, [None] * self.batch
+        names = ("flops", "full_flops", "head_flops", "exit_layer", "expanded", "widths")
+        for rows, sub in self.parts:
+            lg = sub.step(tok[rows])
+            out = lg.new_empty(self.batch, lg.shape[-1]) if out is None else out
+            out[rows] = lg
+            n = len(rows)
+            for j, r in enumerate(rows.tolist()):
+                per_row[r] = [getattr(sub.stats, k)[-n + j] for k in names]
+        for entry in per_row:
+            for k, v in zip(names, entry):
+                getattr(self.stats, k).append(v)
+        self.pos += 1
+        return out
+
+    @staticmethod
+    def _groups(live: torch.Tensor, widths: list[float]):
+        """(width, row indices) for the live rows, one group per distinct width."""
+        by: dict[float, list[int]] = {}
+        for r in live.nonzero().flatten().tolist():
+            by.setdefault(widths[r], []).append(r)
+        return [(w, torch.tensor(rows, device=live.device)) for w, rows in sorted(by.items())]
+
+    def choose_width(self, idx: torch.Tensor) -> list[float]:
+        """The LayerDimPredictor's pick for each prompt row: the smallest width whose predicted
         'good enough' probability, averaged over the predicted layers, is above 1/2 (else full).
         The first `predictor_layer` layers run at full width to read the prompt (a throwaway
         pass, no cache); the schedule is then uniform, the kind of schedule sandwich training
@@ -444,9 +509,9 @@ class ElasticRunner:
         x = m.embed(idx)
         for i in range(k):
             x = m.blocks[i](x, None, 1.0)
-        probs = torch.sigmoid(m.elastic.predictor_logits(x.float().mean(1)))[0, k:].mean(0)  # [W]
+        probs = torch.sigmoid(m.elastic.predictor_logits(x.float().mean(1)))[:, k:].mean(1)  # [B, W]
         ws = m.elastic.widths
-        return next((w for w, p in zip(ws, probs.tolist()) if p > 0.5), 1.0)
+        return [next((w for w, p in zip(ws, row) if p > 0.5), 1.0) for row in probs.tolist()]
 
     def _copy_forward_flops(self, i: int) -> float:
         """FLOPs of a skipped layer's copy-forward: its K/V projections (M/K: the whole mixer)."""
@@ -456,33 +521,39 @@ class ElasticRunner:
         n = self.state[i].heads if self.state else block.mixer.n_kv_head
         return 2 * self.cfg.d_model * block.mixer.head_dim * 2 * n
 
-    def _copy_forward(self, i: int, h: torch.Tensor) -> float:
-        """CALM-style KV for a skipped layer: its input is the exit hidden state h."""
+    def _copy_forward(self, i: int, h: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+        """CALM-style KV for a skipped layer: its input is the exit hidden state h (of `rows`
+        only, in batched adaptive decoding, where the caller advances the cache)."""
         block = self.model.blocks[i]
         xn = block.norm1(h)
         if block.kind != "A":
             block.mixer(xn, self.state[i])
             return self._copy_forward_flops(i)
         a, cache = block.mixer, self.state[i]
-        n, hd = cache.heads, a.head_dim
+        n, hd, B = cache.heads, a.head_dim, h.shape[0]
         wt = a.qkv_proj.weight
-        k = F.linear(xn, wt[a.q_dim : a.q_dim + n * hd]).view(1, -1, n, hd).transpose(1, 2)
+        k = F.linear(xn, wt[a.q_dim : a.q_dim + n * hd]).view(B, -1, n, hd).transpose(1, 2)
         v = (
             F.linear(xn, wt[a.q_dim + a.kv_dim : a.q_dim + a.kv_dim + n * hd])
-            .view(1, -1, n, hd)
+            .view(B, -1, n, hd)
             .transpose(1, 2)
         )
         if a.qk_norm:
             k = F.rms_norm(k, (hd,), a.k_norm_weight, a.eps)
         if a.rotary is not None:
             k = a.rotary(k, cache.length)
-        cache.append(k, v)
+        if rows is None:
+            cache.append(k, v)
+        else:
+            cache.write_rows(rows, k, v)
         return self._copy_forward_flops(i)
 
     @torch.no_grad()
     def step(self, tok: torch.Tensor) -> torch.Tensor:
         """One token per sequence [batch, 1] through the model under the policy; returns logits
         [batch, V]. Stats are per step (every sequence of a fixed-width batch costs the same)."""
+        if self.rows_mode:
+            return self._step_rows(tok)
         m, pol, L, d = self.model, self.policy, self.L, self.cfg.d_model
         self.pos += 1
         ctx = self.pos
@@ -523,8 +594,88 @@ class ElasticRunner:
         s.widths.append(used)
         return logits
 
+    def _step_rows(self, tok: torch.Tensor) -> torch.Tensor:
+        """Batched adaptive step: the same decisions and logits as batch-1 `step` for every row
+        (tests). While the live rows share one width (always, until an expansion), a layer runs
+        its attention on every row, exited rows reading their frozen exit state, which is their
+        copy-forward K/V, so no cache is gathered; its MLP runs on the live rows only. The query
+        and attention of exited rows are wasted work there that the FLOPs accounting (batch-1's,
+        per token) does not charge. Rows of a second width (expanded ones) run through row views
+        of the caches. Stats get one entry per row."""
+        if self.parts:
+            return self._step_parts(tok)
+        m, pol, L, B, d = self.model, self.policy, self.L, self.batch, self.cfg.d_model
+        self.pos += 1
+        ctx = self.pos
+        x = m.embed(tok)
+        dev = tok.device
+        w0 = self.row_widths[0]  # a runner without parts decodes one width (expansion aside)
+        live = torch.ones(B, dtype=torch.bool, device=dev)
+        expanded = torch.zeros(B, dtype=torch.bool, device=dev)
+        exit_at = torch.full((B,), L - 1, device=dev)
+        ran_narrow = torch.full((B,), L, device=dev)  # layers run before an expansion to full width
+        flops = torch.zeros(B, dtype=torch.float64, device=dev)
+        thr_exit = 2.0 if pol.exit_threshold is None else pol.exit_threshold  # 2: never
+        thr_expand = -1.0 if pol.expand_threshold is None else pol.expand_threshold  # -1: never
+        any_expanded = False
+        for i, block in enumerate(m.blocks):
+            flops += (~live) * self._copy_forward_flops(i)
+            if not any_expanded:  # one width: attention on every row, the rest on live rows
+                a = block.mixer(block.norm1(x), RowView(self.state[i], None), w0)
+                if bool(live.all()):
+                    h = x + a
+                    x = h + block.mlp(block.norm2(h), w0)
+                else:
+                    rows = live.nonzero().flatten()
+                    h = x[rows] + a[rows]
+                    x = x.index_copy(0, rows, h + block.mlp(block.norm2(h), w0))
+                flops += live * self._layer_flops(i, w0, ctx)
+            else:  # two widths: row views of the cache, exited rows copy forward
+                dead = (~live).nonzero().flatten()
+                if len(dead):
+                    self._copy_forward(i, x[dead], dead)
+                for w, sel in ((w0, live & ~expanded), (1.0, live & expanded)):
+                    rows = sel.nonzero().flatten()
+                    if len(rows):
+                        x = x.index_copy(0, rows, block(x[rows], RowView(self.state[i], rows), w))
+                    flops += sel * self._layer_flops(i, w, ctx)
+            self.state[i].advance(1)
+            if i == L - 1:
+                continue
+            g = torch.sigmoid(m.elastic.gate_logit(i, x))[:, -1]  # every row: cheaper than a gather
+            flops += live * m.elastic.gate_flops
+            go = live & (g > thr_exit)
+            exit_at = torch.where(go, i, exit_at)
+            grow = live & ~go & (g < thr_expand) & ~expanded
+            live = live & ~go
+            if i + 1 >= L - self.ecfg.expand_layers and w0 < 1.0 and bool(grow.any()):
+                expanded = expanded | grow
+                ran_narrow = torch.where(grow, i + 1, ran_narrow)
+                any_expanded = True
+            if not bool(live.any()):
+                for j in range(i + 1, L):  # everyone exited: only copy-forward K/V remains
+                    self._copy_forward(j, x, None)
+                    flops += self._copy_forward_flops(j)
+                break
+        logits = m.head(m.norm(x[:, -1]))
+        head_flops = 2 * d * self.cfg.vocab_size
+        full = self._full_flops(ctx)
+        s = self.stats
+        s.head_flops += [head_flops] * B
+        s.flops += (flops + head_flops).tolist()
+        s.full_flops += [full] * B
+        s.exit_layer += exit_at.tolist()
+        s.expanded += expanded.tolist()
+        for k, e in zip(ran_narrow.tolist(), exit_at.tolist()):
+            # layers before an expansion ran at the row's width, the rest at full width
+            s.widths.append([w0] * min(k, e + 1) + [1.0] * max(0, e + 1 - k))
+        return logits
+
     def kv_bytes(self) -> tuple[int, int]:
         """(bytes held by the Matryoshka caches, bytes a full-width cache would hold)."""
+        if getattr(self, "parts", None):
+            sizes = [sub.kv_bytes() for _, sub in self.parts]
+            return sum(a for a, _ in sizes), sum(b for _, b in sizes)
         caches = [c for c in self.state if isinstance(c, MatryoshkaKVCache)]
         return sum(c.nbytes() for c in caches), sum(c.full_nbytes() for c in caches)
 
@@ -535,33 +686,44 @@ def policy_from_mode(model, ecfg: ElasticConfig, mode: str) -> Policy:
 
 
 @torch.no_grad()
-def teacher_forced(model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.Tensor], prompt_len: int):
-    """Score each sequence's continuation token by token under a policy.
+def teacher_forced(
+    model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.Tensor], prompt_len: int, batch: int = 1
+):
+    """Score each sequence's continuation token by token under a policy, decoding `batch`
+    sequences together (sequences of one length; the last group may be smaller).
     Returns (per-token CE in nats [N], target ids [N], argmax ids [N], stats summary, decode
-    seconds). The first continuation token is scored from the prefill (no step stats)."""
+    seconds), tokens in sequence order. The first continuation token is scored from the
+    prefill (no step stats)."""
     ces, tgts, preds = [], [], []
     stats = TokenStats()
     seconds = 0.0
-    for seq in seqs:
-        r = ElasticRunner(model, ecfg, policy)
-        logits = r.prefill(seq[None, :prompt_len])
-        for t in range(prompt_len, len(seq)):
-            ces.append(F.cross_entropy(logits.float(), seq[t : t + 1]))
-            preds.append(int(logits.argmax(-1)))
-            tgts.append(int(seq[t]))
-            if t + 1 < len(seq):
+    if batch > 1 and len({len(q) for q in seqs}) > 1:
+        raise AdambaError("batched scoring needs sequences of one length")
+    for g in range(0, len(seqs), batch):
+        grp = torch.stack(seqs[g : g + batch])
+        B, n = grp.shape
+        r = ElasticRunner(model, ecfg, policy, batch=B)
+        logits = r.prefill(grp[:, :prompt_len])
+        step_ce, step_pred = [], []
+        for t in range(prompt_len, n):
+            step_ce.append(F.cross_entropy(logits.float(), grp[:, t], reduction="none"))
+            step_pred.append(logits.argmax(-1))
+            if t + 1 < n:
                 t0 = time.perf_counter()  # decode steps only: tokens/s of generation
-                logits = r.step(seq[None, t : t + 1])
+                logits = r.step(grp[:, t : t + 1])
                 seconds += time.perf_counter() - t0
+        ces.append(torch.stack(step_ce, 1).flatten())  # [B, steps] -> row-major: sequence order
+        preds.append(torch.stack(step_pred, 1).flatten())
+        tgts.append(grp[:, prompt_len:].flatten())
+        per_row = r.rows_mode or B == 1  # fixed-width batches log one stats entry per step
         for name in ("flops", "full_flops", "head_flops", "exit_layer", "expanded", "widths"):
-            getattr(stats, name).extend(getattr(r.stats, name))
-    return (
-        torch.stack(ces),
-        torch.tensor(tgts),
-        torch.tensor(preds),
-        stats.summary(len(model.blocks)),
-        seconds,
-    )
+            vals = getattr(r.stats, name)
+            if per_row:  # step-major [steps x B] -> sequence order
+                vals = [vals[k * B + b] for b in range(B) for k in range(len(vals) // B)]
+            else:
+                vals = [v for _ in range(B) for v in vals]  # every row costs the same
+            getattr(stats, name).extend(vals)
+    return torch.cat(ces), torch.cat(tgts), torch.cat(preds), stats.summary(len(model.blocks)), seconds
 
 
 def model_ecfg(model) -> ElasticConfig:
