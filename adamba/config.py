@@ -166,6 +166,7 @@ class ElasticConfig:
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
     gate_hidden: int = 64  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
     gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
+    gate_per_width: bool = True  # one more set of gates per narrow width, fitted in the calibration phase
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
@@ -366,6 +367,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         # saved before elastic.gate_hidden existed: those gates were Linear(d, 1), whatever
         # today's default says, and the weights must load into the same shape
         cfg.elastic.gate_hidden = 0
+    if "elastic" in data and "gate_per_width" not in data["elastic"]:
+        cfg.elastic.gate_per_width = False  # saved before per-width gates existed: none in the weights
     for sec_name, table in data.items():
         sec = _section(cfg, sec_name)
         names = {f.name for f in dataclasses.fields(sec)}

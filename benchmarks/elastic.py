@@ -28,6 +28,7 @@ ratios within one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -249,12 +250,16 @@ def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> f
     return float((ce * (b > 0)).sum()) / (math.log(2) * max(1, int(b.sum())))
 
 
-def measure(out: Path, n_seq: int, length: int, prompt: int, batch: int) -> dict:
+def measure(
+    out: Path, n_seq: int, length: int, prompt: int, batch: int, width_gate_steps: int = 1000
+) -> dict:
     from adamba.serve.generate import load_model
 
     torch.set_num_threads(1)
     model, tok, ckpt = load_model(out / "elastic")
-    ecfg = ckpt.cfg.elastic
+    if not model.elastic.narrow and width_gate_steps:  # trained before per-width gates existed
+        add_width_gates(model, out, width_gate_steps)
+    ecfg = model.elastic.ecfg
     tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
     seqs = val_sequences(out, n_seq, length)
     L = len(model.blocks)
@@ -597,6 +602,22 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     return res
 
 
+def add_width_gates(model, out: Path, steps: int) -> None:
+    """Give a model trained before elastic.gate_per_width its per-width gates: the same
+    calibration the trainer's phase runs (el.calibrate_gate, LM frozen, training batches),
+    fitting the narrow widths' gates only; the full-width gates stay as trained."""
+    from adamba.data.loader import TokenLoader
+
+    heads = model.elastic
+    ecfg = dataclasses.replace(heads.ecfg, gate_per_width=True)
+    fresh = el.ElasticHeads(model.cfg, ecfg)
+    heads.narrow, heads.width_gates, heads.ecfg = fresh.narrow, fresh.width_gates, ecfg
+    torch.manual_seed(0)
+    loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
+    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps, full=False)
+    print(f"per-width gates calibrated {steps} steps: BCE {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
+
+
 def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
     """A trained model's gate refitted from scratch (linear, or an MLP of `hidden` units) for
     `steps` calibration steps with the LM frozen (el.calibrate_gate on training batches), then
@@ -628,6 +649,122 @@ def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"elastic-calibrated{hidden}-{steps}-{out.name.removeprefix('el-')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=2))
+    return res
+
+
+def width_headroom(out: Path, train_rows: int = 2000, prompt: int = 16, seq: int = 128) -> dict:
+    """What choosing the width per sequence can buy over one width for all, in bits/byte vs
+    FLOPs per token on the whole validation split, before any speed is timed. Per
+    validation row (prompt + continuation) the continuation's nats at every width. Three
+    choosers, each compared with the straight line between the uniform widths at the same
+    mean FLOPs: the model's own LayerDimPredictor (as auto uses it), a hindsight oracle (per
+    row, the width that minimises nats + lambda x FLOPs, knowing the continuation: an upper
+    bound), and the predictor's recipe refitted on the frozen final model from the prompt
+    only, at several tolerances (an MLP on the pooled prompt state, like the predictor,
+    trained on `train_rows` training rows)."""
+    from adamba.data.shards import load_tokens, read_manifest
+    from adamba.serve.generate import load_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model, tok, ckpt = load_model(out / "elastic")
+    ecfg = ckpt.cfg.elastic
+    ws, L, k = ecfg.widths, len(model.blocks), ecfg.predictor_layer
+    tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
+    acct = el.ElasticRunner(model, ecfg, el.Policy([1.0] * L))
+    cost = torch.tensor(  # mean FLOPs per decoded token relative to full, per width (runner's model)
+        [
+            sum(
+                (
+                    sum(acct._layer_flops(i, w, t) for i in range(L))
+                    + 2 * model.cfg.d_model * model.cfg.vocab_size
+                )
+                / acct._full_flops(t)
+                for t in range(prompt + 1, seq + 1)
+            )
+            / (seq - prompt)
+            for w in ws
+        ]
+    )
+
+    def per_row(rows):
+        feats, nats, nbytes = [], [], []
+        with torch.no_grad():
+            for i in range(0, len(rows), 64):
+                x, y = rows[i : i + 64, :-1], rows[i : i + 64, 1:]
+                h = model.embed(x[:, :prompt])
+                for li in range(k):
+                    h = model.blocks[li](h, None, 1.0)
+                feats.append(h.float().mean(1))
+                b = tb[y][:, prompt:]
+                nbytes.append(b.sum(1).float())
+                per_w = []
+                for w in ws:
+                    lg, _ = model(x, widths=[w] * L)
+                    ce = F.cross_entropy(lg.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+                    per_w.append((ce[:, prompt:] * (b > 0)).sum(1))
+                nats.append(torch.stack(per_w, 1))
+        return torch.cat(feats), torch.cat(nats), torch.cat(nbytes)
+
+    va = val_rows(out, seq)
+    Xva, Nva, Bva = per_row(va)
+    tot = float(Bva.sum())
+    uniform = (Nva.sum(0) / (math.log(2) * tot)).tolist()
+
+    def point(choice: torch.Tensor, name: str) -> dict:
+        bpb = float(Nva[torch.arange(len(va)), choice].sum()) / (math.log(2) * tot)
+        c = float((cost[choice] * Bva).sum()) / tot
+        j = min(max(int(torch.searchsorted(cost, torch.tensor(c))) - 1, 0), len(ws) - 2)
+        line = uniform[j] + (uniform[j + 1] - uniform[j]) * (c - cost[j]) / (cost[j + 1] - cost[j])
+        r = {
+            "chooser": name,
+            "width_hist": torch.bincount(choice, minlength=len(ws)).tolist(),
+            "flops_rel": c,
+            "bpb": bpb,
+            "gain_over_line_bpb": float(line) - bpb,
+        }
+        print(
+            f"  {name:>28}: widths {r['width_hist']}  FLOPs {c:.3f}  bpb {bpb:.4f}  vs line {r['gain_over_line_bpb']:+.4f}",
+            flush=True,
+        )
+        return r
+
+    def smallest_ok(p: torch.Tensor) -> torch.Tensor:  # first width with p > 1/2, else full
+        ok = torch.cat([p[:, :-1] > 0.5, torch.ones(len(p), 1, dtype=torch.bool)], 1)
+        return ok.float().argmax(1)
+
+    print(f"per-sequence width choice, {len(va)} validation rows (FLOPs per token vs bits/byte):")
+    res = {"widths": ws, "flops_rel": cost.tolist(), "uniform_bpb": uniform, "rows": len(va), "points": []}
+    with torch.no_grad():
+        probs = torch.sigmoid(model.elastic.predictor_logits(Xva))[:, k:].mean(1)
+    res["points"].append(point(smallest_ok(probs), "trained predictor (auto)"))
+    for lam in (0.01, 0.02, 0.03, 0.04, 0.06, 0.1):
+        score = Nva + lam * cost[None] * Bva[:, None]
+        res["points"].append(point(score.argmin(1), f"hindsight oracle lambda={lam}"))
+    toks = torch.cat(
+        [
+            torch.as_tensor(load_tokens(s).astype("int64"))
+            for s in read_manifest(out / "train" / "manifest.jsonl")
+        ]
+    )
+    tr = toks[: len(toks) // (seq + 1) * (seq + 1)].view(-1, seq + 1)
+    Xtr, Ntr, Btr = per_row(tr[torch.randperm(len(tr))[:train_rows]])
+    loss_tr = Ntr / Btr[:, None].clamp(min=1)
+    for tol in (0.005, 0.01, 0.02, 0.05):
+        target = (loss_tr <= (1 + tol) * loss_tr[:, -1:]).float()
+        net = nn.Sequential(nn.Linear(Xtr.shape[1], 64), nn.ReLU(), nn.Linear(64, len(ws)))
+        opt = torch.optim.Adam(net.parameters(), 3e-3)
+        xn = F.rms_norm(Xtr, (Xtr.shape[1],))
+        for _ in range(600):
+            loss = F.binary_cross_entropy_with_logits(net(xn), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            p = torch.sigmoid(net(F.rms_norm(Xva, (Xva.shape[1],))))
+        res["points"].append(point(smallest_ok(p), f"refit from prompt, tol={tol}"))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"elastic-headroom-{out.name.removeprefix('el-')}.json").write_text(json.dumps(res, indent=2))
     return res
 
 
@@ -768,6 +905,9 @@ def main() -> None:
     cb.add_argument("--steps", type=int, default=1000)
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
+    hr = sub.add_parser("headroom")
+    hr.add_argument("--out", required=True, type=Path)
+    hr.add_argument("--train-rows", type=int, default=2000)
     sd = sub.add_parser("seed")
     sd.add_argument("--out", required=True, type=Path)
     sd.add_argument("--steps", type=int, default=300)
@@ -792,6 +932,8 @@ def main() -> None:
         batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
     elif args.cmd == "speed":
         speed_scaling([int(x) for x in args.d_models.split(",")], args.layers, args.tokens, 16)
+    elif args.cmd == "headroom":
+        width_headroom(args.out, args.train_rows)
     else:
         measure(args.out, args.n_seq, args.length, args.prompt, args.batch)
 

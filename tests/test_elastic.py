@@ -457,12 +457,29 @@ def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
             assert torch.equal(v, lm_before[k]), k
     assert any(not torch.equal(a, b) for a, b in zip(gate_before, model.elastic.gates.parameters()))
     assert model.training  # restored
+    # per-width gates: the narrow width's gate learned that width's own agreement, which the
+    # full-width gate does not predict as well
+    heads = model.elastic
+    assert heads.narrow == WIDTHS[:-1] and len(heads.width_gates) == len(WIDTHS) - 1
+    with torch.no_grad():
+        hs, agree = el.layer_agreement(model.eval(), x, 0.125)
+        valid = y != -100
+
+        def fit(width):
+            return sum(
+                torch.nn.functional.binary_cross_entropy_with_logits(
+                    heads.gate_logit(i, h, width)[valid], a[valid].float()
+                )
+                for i, (h, a) in enumerate(zip(hs, agree))
+            )
+
+        assert fit(0.125) < 0.8 * fit(1.0)
+        assert not torch.equal(heads.gate_logit(0, hs[0], 0.125), heads.gate_logit(0, hs[0], 1.0))
 
 
 @pytest.mark.parametrize("mode", ["ghost", "think"])
 def test_fixed_modes_decode_a_batch_like_one_sequence_at_a_time(mode):
-    """A fixed-width runner decoding 3 sequences together gives each one's batch-1 logits;
-    adaptive policies (exit / predictor) refuse a batch with a clear error."""
+    """A fixed-width runner decoding 3 sequences together gives each one's batch-1 logits."""
     torch.manual_seed(0)
     ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
     model = el.attach_elastic(LM(tiny(n_layer=3)), ecfg).eval()
@@ -490,7 +507,7 @@ def test_auto_decodes_a_batch_like_one_sequence_at_a_time():
     ecfg = ElasticConfig(enabled=True, widths=WIDTHS, expand_layers=2, expand_threshold=0.3)
     model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg).eval()
     with torch.no_grad():  # spread the gate and the predictor so rows differ
-        for p in list(model.elastic.gates.parameters()) + list(model.elastic.predictor.parameters()):
+        for p in model.elastic.parameters():  # every gate set (per width) and the predictor
             torch.nn.init.normal_(p, 0, 0.5)
     x = torch.randint(0, 97, (B, T))
     n = T - prompt
@@ -591,7 +608,7 @@ def test_trainer_gate_calibration_phase_runs_once(data, tmp_path):
     assert ckpt.state["gate_calibrated"] == 4 and ckpt.state["step"] == 3
     after = load_file(str(ckpt.path / "model.safetensors"))
     for k, v in before.items():  # the LM is frozen, the gate moved
-        assert torch.equal(v, after[k]) == (not k.startswith("elastic.gates")), k
+        assert torch.equal(v, after[k]) == (not k.startswith(("elastic.gates", "elastic.width_gates"))), k
     assert 0 < ckpt.state["gate_calibration_loss"] < 1.0
     trainer.run(load_config("tiny-cpu", over), resume=True)  # done already: nothing changes
     again = load_file(str(ck.read_checkpoint(tmp_path / "c").path / "model.safetensors"))
@@ -605,3 +622,7 @@ def test_checkpoints_saved_before_gate_hidden_keep_their_linear_gates():
     del old["elastic"]["gate_hidden"]
     assert config_from_dict(old).elastic.gate_hidden == 0
     assert config_from_dict(Config().to_dict()).elastic.gate_hidden == ElasticConfig().gate_hidden == 64
+    del old["elastic"]["gate_per_width"]  # and before per-width gates: none in their weights
+    assert config_from_dict(old).elastic.gate_per_width is False
+    heads = el.ElasticHeads(tiny(), config_from_dict(old).elastic)
+    assert not heads.narrow and not any(k.startswith("width_gates") for k in heads.state_dict())

@@ -107,10 +107,19 @@ class ElasticHeads(nn.Module):
         self.widths = list(ecfg.widths)
         self.ecfg = ecfg  # thresholds and widths the model was trained with (not a weight)
         g = ecfg.gate_hidden
-        self.gates = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, g), nn.ReLU(), nn.Linear(g, 1)) if g else nn.Linear(d, 1)
-            for _ in range(L - 1)
-        )
+
+        def gate_set() -> nn.ModuleList:
+            return nn.ModuleList(
+                nn.Sequential(nn.Linear(d, g), nn.ReLU(), nn.Linear(g, 1)) if g else nn.Linear(d, 1)
+                for _ in range(L - 1)
+            )
+
+        self.gates = gate_set()  # full width (and every width without gate_per_width)
+        # gate_per_width: a narrow width's hidden states and its own last layer differ from the
+        # full model's, so a gate fitted at full width misjudges them (measured: ghost + exits
+        # lost 0.022 bits/byte with the full-width gate); these are fitted by calibrate_gate
+        self.narrow = [w for w in self.widths if w < 1.0] if ecfg.gate_per_width else []
+        self.width_gates = nn.ModuleList(gate_set() for _ in self.narrow)
         self.gate_flops = 2 * (d * g + g) if g else 2 * d  # per token per gated layer
         self.predictor = nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, L * W))
         self.n_layer, self.n_widths = L, W
@@ -119,8 +128,11 @@ class ElasticHeads(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
 
-    def gate_logit(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        return self.gates[layer](F.rms_norm(h, (h.shape[-1],))).squeeze(-1)
+    def gate_logit(self, layer: int, h: torch.Tensor, width: float = 1.0) -> torch.Tensor:
+        """Logit of 'layer `layer`'s state h (computed at `width`) already gives this width's
+        final argmax'."""
+        gates = self.width_gates[self.narrow.index(width)] if width in self.narrow else self.gates
+        return gates[layer](F.rms_norm(h, (h.shape[-1],))).squeeze(-1)
 
     def predictor_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """[B, d] -> [B, n_layer, n_widths] logits of 'this width is good enough here'."""
@@ -223,10 +235,11 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
 
 
 @torch.no_grad()
-def layer_agreement(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Full-width hidden states after every layer but the last, and a [L-1, B, T] bool: does
-    that layer's state, through the final norm + LM head, already give the final argmax?"""
-    h, hs = run_layers(model, x, [1.0] * len(model.blocks), keep=True)
+def layer_agreement(model, x: torch.Tensor, width: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Hidden states at `width` after every layer but the last, and a [L-1, B, T] bool: does
+    that layer's state, through the final norm + LM head, already give the final argmax of
+    the same width?"""
+    h, hs = run_layers(model, x, [width] * len(model.blocks), keep=True)
     final = model.head(model.norm(h)).argmax(-1)
     return hs[:-1], torch.stack([model.head(model.norm(s)).argmax(-1) == final for s in hs[:-1]])
 
@@ -250,38 +263,54 @@ def batched_exits(
         x = block(x, None, w)
         x = torch.where((exit_at < j)[..., None], frozen, x)  # exited: copy-forward input
         if j < L - 1:
-            g = torch.sigmoid(model.elastic.gate_logit(j, x))
+            g = torch.sigmoid(model.elastic.gate_logit(j, x, w))
             go = may_exit & (exit_at == L - 1) & (g > threshold)
             exit_at = torch.where(go, j, exit_at)
             frozen = torch.where(go[..., None], x, frozen)
     return x, exit_at
 
 
-def calibrate_gate(model, batches, steps: int, lr: float = 3e-3, on_step=None) -> list[float]:
+def _gate_bce(model, x: torch.Tensor, y: torch.Tensor, width: float) -> torch.Tensor:
+    """Mean over layers of the width's gate BCE against that width's own agreement, on the
+    non-padding positions (y != -100)."""
+    hs, agree = layer_agreement(model, x, width)
+    valid = y != -100
+    return sum(
+        F.binary_cross_entropy_with_logits(model.elastic.gate_logit(i, h, width)[valid], a[valid].float())
+        for i, (h, a) in enumerate(zip(hs, agree))
+    ) / max(1, len(hs))
+
+
+def calibrate_gate(
+    model, batches, steps: int, lr: float = 3e-3, on_step=None, full: bool = True
+) -> list[float]:
     """The gate-calibration phase: fit the ConfidenceGate with the LM frozen.
 
     Why a phase after training: in-loop gate targets come from an LM that is still moving and
     from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
     Shakespeare and the stdlib corpus at the default 0.95, the in-loop gate skips 0.1-0.2% of
-    layer FLOPs and the calibrated one 12-19% (benchmarks/README.md, "Elastic compute"). Each step reads one (x, y) batch, runs the
-    frozen model at full width and takes one Adam step on the gates' BCE over every
-    non-padding position (y != -100). Returns the per-step losses."""
+    layer FLOPs and the calibrated one 12-19% (benchmarks/README.md, "Elastic compute"). Each
+    step reads one (x, y) batch, runs the frozen model at full width and, with per-width gates,
+    at one narrow width in turn (its labels: agreement with that width's own last layer), and
+    takes one Adam step on the gates' BCE over every non-padding position (y != -100).
+    `full=False` fits the narrow widths' gates only (a model whose full-width gates are
+    calibrated already). Returns the per-step losses (full-width gates, else the narrow ones)."""
     heads: ElasticHeads = model.elastic
-    opt = torch.optim.Adam(heads.gates.parameters(), lr)
+    if not full and not heads.narrow:
+        raise AdambaError("no per-width gates to calibrate (elastic.gate_per_width is off)")
+    params = list(heads.width_gates.parameters()) + (list(heads.gates.parameters()) if full else [])
+    opt = torch.optim.Adam(params, lr)
     losses = []
     was_training = model.training
     model.eval()
     try:
         for step in range(steps):
             x, y = next(batches)
-            hs, agree = layer_agreement(model, x)
-            valid = y != -100
-            loss = sum(
-                F.binary_cross_entropy_with_logits(heads.gate_logit(i, h)[valid], a[valid].float())
-                for i, (h, a) in enumerate(zip(hs, agree))
-            ) / max(1, len(hs))
+            narrow = _gate_bce(model, x, y, heads.narrow[step % len(heads.narrow)]) if heads.narrow else None
+            loss = _gate_bce(model, x, y, 1.0) if full else narrow
+            total = loss + narrow if full and narrow is not None else loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
             losses.append(float(loss.detach()))
             if on_step is not None:
@@ -567,7 +596,7 @@ class ElasticRunner:
             used.append(w)
             if not gated or i == L - 1:
                 continue
-            g = float(torch.sigmoid(m.elastic.gate_logit(i, x)))
+            g = float(torch.sigmoid(m.elastic.gate_logit(i, x, w)))
             flops += m.elastic.gate_flops
             if pol.exit_threshold is not None and g > pol.exit_threshold:
                 exit_at = i
@@ -642,7 +671,9 @@ class ElasticRunner:
             self.state[i].advance(1)
             if i == L - 1:
                 continue
-            g = torch.sigmoid(m.elastic.gate_logit(i, x))[:, -1]  # every row: cheaper than a gather
+            g = torch.sigmoid(m.elastic.gate_logit(i, x, w0))[:, -1]  # every row: cheaper than a gather
+            if any_expanded:  # expanded rows ran this layer at full width: the full-width gate
+                g = torch.where(expanded, torch.sigmoid(m.elastic.gate_logit(i, x, 1.0))[:, -1], g)
             flops += live * m.elastic.gate_flops
             go = live & (g > thr_exit)
             exit_at = torch.where(go, i, exit_at)
