@@ -163,6 +163,7 @@ class ElasticConfig:
     exit_threshold: float = 0.95  # gate probability above which a token exits early (auto mode)
     expand_threshold: float = 0.5  # gate probability below which the last layers run at full width
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
+    expand_train: float = 0.25  # share of sandwich steps whose middle member is an expansion schedule
     gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
     gate_hidden: int = 64  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
     gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
@@ -181,7 +182,13 @@ class ElasticConfig:
                 f"elastic.widths={self.widths}: use fractions in (0, 1] that include 1.0, e.g. [0.125, 0.25, 0.5, 1.0]"
             )
         self.widths = sorted(set(float(w) for w in self.widths))
-        for name in ("exit_threshold", "expand_threshold", "gate_token_frac", "predictor_tol"):
+        for name in (
+            "exit_threshold",
+            "expand_threshold",
+            "gate_token_frac",
+            "predictor_tol",
+            "expand_train",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")

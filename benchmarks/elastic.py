@@ -251,7 +251,7 @@ def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> f
 
 
 def measure(
-    out: Path, n_seq: int, length: int, prompt: int, batch: int, width_gate_steps: int = 1000
+    out: Path, n_seq: int, length: int, prompt: int, batch: int, width_gate_steps: int = 1000, rounds: int = 3
 ) -> dict:
     from adamba.serve.generate import load_model
 
@@ -287,24 +287,33 @@ def measure(
     if "dense-dense" in quality:
         checks["full_vs_dense"] = quality["width=1"] / quality["dense-dense"] - 1
 
-    def score(name, m, policy, e=ecfg):
-        ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt, batch)
-        summ.update(bpb=bpb_of(ce, tg, tb), tok_s=summ["tokens"] / max(1e-9, secs))
-        rows[name] = summ
+    # 2. compute modes, decoded token by token (KV cache, `batch` sequences per step) next to
+    # the dense peers; at batch 1 every width of a d128 model runs at the same speed (dispatch).
+    # Every contender is decoded `rounds` times, interleaved, keeping the fastest (the scores
+    # are the same each time): one pass of a few seconds is at the mercy of a shared CPU.
+    contenders = [
+        (f"dense-{p}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig()) for p, dm in peers.items()
+    ]
+    contenders += [(mode, model, el.mode_policy(mode, model, ecfg), ecfg) for mode in el.MODES]
+    print(
+        f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch {batch}, best of {rounds}:"
+    )
+    for rnd in range(rounds):
+        for name, m, policy, e in contenders:
+            ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt, batch)
+            tok_s = summ["tokens"] / max(1e-9, secs)
+            if rnd:
+                rows[name]["tok_s"] = max(rows[name]["tok_s"], tok_s)
+                continue
+            summ.update(bpb=bpb_of(ce, tg, tb), tok_s=tok_s)
+            rows[name] = summ
+    for name, *_ in contenders:
+        summ = rows[name]
         print(
             f"{name:>12}  bpb {summ['bpb']:.4f}  flops {summ['flops_rel']:.3f}  exit {summ['exit_rate']:.3f}  "
             f"expand {summ['expand_rate']:.3f}  tok/s {summ['tok_s']:.0f}  hist {summ['exit_hist']}",
             flush=True,
         )
-        return pr
-
-    # 2. compute modes, decoded token by token (KV cache, `batch` sequences per step) next to
-    # the dense peers; at batch 1 every width of a d128 model runs at the same speed (dispatch)
-    print(f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch {batch}:")
-    for peer, dm in peers.items():
-        score(f"dense-{peer}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig())
-    for mode in el.MODES:
-        score(mode, model, el.mode_policy(mode, model, ecfg))
     oracle = oracle_exit(model, out)
     print(
         f"ideal gate (exit at the first layer that already agrees): {oracle['layers_skipped']:.1%} of layers "

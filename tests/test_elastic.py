@@ -216,6 +216,32 @@ def test_sandwich_loss_trains_all_widths_and_heads(gate_hidden):
     assert g[:n].abs().sum() > 0 and g[n:].abs().sum() > 0
 
 
+def test_sandwich_trains_the_expansion_schedule(monkeypatch):
+    """With expand_train=1 every step's third member is a narrow-then-full schedule (the one
+    auto's expansion runs): run_layers sees it, and its loss joins the LM terms."""
+    torch.manual_seed(0)
+    L = 4
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, expand_layers=2, expand_train=1.0)
+    model = el.attach_elastic(LM(tiny(n_layer=L)), ecfg)
+    seen = []
+    real = el.run_layers
+    monkeypatch.setattr(
+        el, "run_layers", lambda m, x, ws, keep=False: seen.append(list(ws)) or real(m, x, ws, keep)
+    )
+    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    for _ in range(4):
+        total, _ = el.elastic_loss(model, x, y, ecfg)
+    sched = [s for s in seen if len(set(s)) > 1]
+    assert len(sched) == 4 and all(s[2:] == [1.0, 1.0] and s[0] < 1.0 and len(set(s[:2])) == 1 for s in sched)
+    total.backward()  # the schedule's loss reaches the narrow prefix and the full last layers
+    assert model.blocks[L - 1].mlp.w_up.weight.grad.abs().sum() > 0
+    seen.clear()
+    el.elastic_loss(model, x, y, ElasticConfig(enabled=True, widths=WIDTHS, expand_train=0.0))
+    assert all(len(set(s)) == 1 for s in seen)
+    with pytest.raises(AdambaError, match="expand_train"):
+        ElasticConfig(enabled=True, expand_train=1.5).validate()
+
+
 def test_gate_and_predictor_do_not_move_lm_weights():
     torch.manual_seed(0)
     ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0)
