@@ -295,6 +295,15 @@ def measure(
         (f"dense-{p}", dm, el.Policy([1.0] * len(dm.blocks)), ElasticConfig()) for p, dm in peers.items()
     ]
     contenders += [(mode, model, el.mode_policy(mode, model, ecfg), ecfg) for mode in el.MODES]
+    # what each adaptive piece buys on its own: auto without exits / without expansion, and the
+    # gate's exits on a fixed width
+    thr_x, thr_e = ecfg.exit_threshold, ecfg.expand_threshold
+    contenders += [
+        ("auto-no-exit", model, el.Policy(None, None, thr_e), ecfg),
+        ("auto-no-expand", model, el.Policy(None, thr_x, None), ecfg),
+        ("normal+exit", model, el.Policy([el.mode_width("normal", ecfg)] * L, thr_x, None), ecfg),
+        ("think+exit", model, el.Policy([1.0] * L, thr_x, None), ecfg),
+    ]
     print(
         f"decoding {len(seqs)} sequences x {length} tokens (prompt {prompt}), batch {batch}, best of {rounds}:"
     )
@@ -331,6 +340,9 @@ def measure(
         checks["exit_at_default"] = {k: d[k] for k in ("argmax_changed", "layer_flops_skipped")}
     checks["ghost_over_think_tok_s"] = rows["ghost"]["tok_s"] / rows["think"]["tok_s"]
     checks["auto_margin_over_line_bpb"] = margin_over_line(rows, "auto")
+    checks["margins_over_line_bpb"] = {
+        k: margin_over_line(rows, k) for k in rows if k not in ("ghost", "whisper", "normal", "think")
+    }
     print("checks:", json.dumps(checks))
     res = {
         "quality": quality,
@@ -464,11 +476,10 @@ def plot(res: dict, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     rows = res["rows"]
-    for name in list(el.MODES) + ["dense-dense", "dense-half"]:
-        if name in rows:
-            r = rows[name]
-            a.scatter(r["tok_s"], r["bpb"], label=name, marker="s" if name.startswith("dense") else "o")
-            a.annotate(name, (r["tok_s"], r["bpb"]))
+    for name, r in rows.items():
+        mark = "s" if name.startswith("dense") else "o" if name in el.MODES else "^"
+        a.scatter(r["tok_s"], r["bpb"], label=name, marker=mark)
+        a.annotate(name, (r["tok_s"], r["bpb"]), fontsize=7)
     fixed = [rows[m] for m in ("ghost", "whisper", "normal", "think") if m in rows]
     a.plot([r["tok_s"] for r in fixed], [r["bpb"] for r in fixed], "k--", lw=0.8)
     a.set_xlabel(f"decode tokens/s (batch {res.get('decode_batch', 1)}, CPU, 1 thread)")
