@@ -71,6 +71,8 @@ ELASTIC = [
     "elastic.exit_loss_weight=0.1",
     "elastic.gate_hidden=64",
     "elastic.calibrate_steps=1000",
+    "elastic.expand_train=0.25",
+    "elastic.gate_per_width=true",
 ]
 HALF = ["model.n_head=4", "model.n_kv_head=1", "model.head_dim=16", "model.mlp_ratio=2.0"]
 

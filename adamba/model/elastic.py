@@ -16,10 +16,12 @@ the LM loss is their average. On `expand_train` of the steps the middle member i
 expansion schedule (a narrow width, full width in the last `expand_layers` layers), the one
 auto's expansion runs. Two small heads learn from the same passes, on detached inputs,
 so their losses cannot move the LM weights:
-  * ConfidenceGate, one Linear per layer (except the last): BCE against "the final norm + LM
-    head applied to this layer's hidden state gives the same argmax as the full-width model's
-    final layer", per token, padding (-100) masked, on a random `gate_token_frac` of positions
-    (each scored position costs one LM-head matmul per layer).
+  * ConfidenceGate, one small head per layer (except the last; Linear or a `gate_hidden` MLP):
+    BCE against "the final norm + LM head applied to this layer's hidden state gives the same
+    argmax as the full-width model's final layer", per token, padding (-100) masked, on a
+    random `gate_token_frac` of positions (each scored position costs one LM-head matmul per
+    layer). With `gate_per_width` every narrow width has its own set, fitted only by the
+    calibration phase.
   * Early-exit loss (`exit_loss_weight` > 0, LayerSkip / CALM style): on the same scored
     positions of the full-width pass, the cross-entropy of every intermediate layer's hidden
     state through the shared final norm + LM head, averaged over layers. Unlike the two heads
@@ -33,12 +35,13 @@ so their losses cannot move the LM weights:
     1 if the example's mean loss at uniform width w is <= (1 + predictor_tol) x its full-width
     loss. The target is a uniform-width schedule and auto applies one: the smallest width whose
     probability, averaged over the predicted layers, is above 1/2 (per-layer targets would need
-    L x W passes, and mixed schedules are not what the sandwich trains).
+    L x W passes, and the sandwich trains uniform schedules plus the expansion one).
 
 Gate calibration (`calibrate_gate`, the trainer's `elastic.calibrate_steps` phase after the LM
 steps): the gate refitted with the LM frozen, on the final model's own full-width agreement at
-every position. Measured, this is what makes the gate usable: the in-loop gate chases a moving
-LM on a token sample and exits almost nothing at 0.95 (benchmarks/README.md).
+every position, and each narrow width's gates on that width's agreement with its own last layer.
+Measured, this is what makes the gate usable: the in-loop gate chases a moving LM on a token
+sample and exits almost nothing at 0.95 (benchmarks/README.md).
 
 Inference (`ElasticRunner`): prompt prefill at the mode's widths (no exit), then one token at a
 time. auto: the predictor picks the width once from the prompt (reading it through the first
