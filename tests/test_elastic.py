@@ -242,6 +242,30 @@ def test_sandwich_trains_the_expansion_schedule(monkeypatch):
         ElasticConfig(enabled=True, expand_train=1.5).validate()
 
 
+def test_predictor_reads_a_prompt_and_is_scored_on_its_continuation(monkeypatch):
+    """The predictor's input is the pooled state of a prompt (a prefix of the row, as auto reads
+    it at inference), equal to running that prefix alone through the first layer."""
+    torch.manual_seed(0)
+    T = 16
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS, predictor_layer=1)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ecfg)
+    seen = []
+    real = model.elastic.predictor_logits
+    monkeypatch.setattr(model.elastic, "predictor_logits", lambda pooled: seen.append(pooled) or real(pooled))
+    x, y = torch.randint(0, 97, (2, T)), torch.randint(0, 97, (2, T))
+    with torch.no_grad():
+        prefixes = {
+            P: model.blocks[0](model.embed(x[:, :P]), None, 1.0).float().mean(1) for P in range(1, T + 1)
+        }
+    lengths = set()
+    for _ in range(12):
+        el.elastic_loss(model, x, y, ecfg)
+        match = [P for P, ref in prefixes.items() if torch.allclose(seen[-1], ref, atol=1e-5)]
+        assert len(match) == 1 and 4 <= match[0] <= T // 2
+        lengths.add(match[0])
+    assert len(lengths) > 1  # the prompt length varies from step to step
+
+
 def test_gate_and_predictor_do_not_move_lm_weights():
     torch.manual_seed(0)
     ecfg = ElasticConfig(enabled=True, widths=WIDTHS, gate_token_frac=1.0)

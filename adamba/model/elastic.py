@@ -30,10 +30,11 @@ so their losses cannot move the LM weights:
     with its last one). `exit_distill_weight` adds KL(final layer || layer l) with the final
     distribution detached, which teaches agreement with the final layer rather than the label.
   * LayerDimPredictor, a 2-layer MLP on the mean (over non-padding positions) of the full-width
-    hidden state after `predictor_layer` layers, emitting for every later layer and every width
-    the probability that the width is good enough. Target, per example and per sampled width w:
-    1 if the example's mean loss at uniform width w is <= (1 + predictor_tol) x its full-width
-    loss. The target is a uniform-width schedule and auto applies one: the smallest width whose
+    hidden state after `predictor_layer` layers over a prompt (the first P positions, P random
+    per step in [4, T/2], as auto reads only the prompt), emitting for every later layer and
+    every width the probability that the width is good enough. Target, per example and per
+    sampled width w: 1 if the example's mean loss over the continuation (positions >= P) at
+    uniform width w is <= (1 + predictor_tol) x its full-width loss there. The target is a uniform-width schedule and auto applies one: the smallest width whose
     probability, averaged over the predicted layers, is above 1/2 (per-layer targets would need
     L x W passes, and the sandwich trains uniform schedules plus the expansion one).
 
@@ -185,7 +186,14 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
             sched = (w,) * (L - k) + (1.0,) * k
             sample = sample[:2] + [sched]
     valid = y != -100
-    n_valid = valid.sum(1).clamp(min=1)
+    # the predictor reads a prompt and judges its continuation, as auto uses it: a random prompt
+    # length P per step, pooled over positions < P, targets from the losses at positions >= P
+    T = x.shape[1]
+    lo = max(1, min(4, T // 2))
+    P = lo + int(torch.randint(max(1, T // 2 - lo + 1), (1,)))
+    cont = valid.clone()
+    cont[:, :P] = False
+    n_cont = cont.sum(1)
     heads: ElasticHeads = model.elastic
     lm_terms, per_example, full_ce = [], {}, None
     gate_terms, exit_terms = [], []
@@ -199,7 +207,7 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
         lm_terms.append(ce.sum() / valid.sum().clamp(min=1))
         if isinstance(w, tuple):  # an expansion schedule: its LM loss only
             continue
-        per_example[w] = (ce.detach().sum(1) / n_valid).float()
+        per_example[w] = ((ce.detach() * cont).sum(1) / n_cont.clamp(min=1)).float()
         if w == 1.0:
             full_ce = lm_terms[-1]
             full_argmax = logits.detach().argmax(-1)
@@ -236,15 +244,21 @@ def elastic_loss(model, x: torch.Tensor, y: torch.Tensor, ecfg: ElasticConfig):
         total = total + ecfg.gate_weight * torch.stack(gate_terms).mean()
     if ecfg.predictor_weight > 0 and len(sample) > 1:
         k = ecfg.predictor_layer
-        src = model.embed(x) if k == 0 else full_hs[k - 1]
-        m = valid.unsqueeze(-1).to(src.dtype)
+        src = (model.embed(x) if k == 0 else full_hs[k - 1])[:, :P]  # causal: = the prompt alone
+        m = valid[:, :P].unsqueeze(-1).to(src.dtype)
         pooled = ((src.detach() * m).sum(1) / m.sum(1).clamp(min=1)).float()
         logits = heads.predictor_logits(pooled)  # [B, L, W]
+        scored = (n_cont > 0) & (m.sum((1, 2)) > 0)  # rows with a prompt and a continuation
         terms = []
         for w in (w for w in sample[1:] if not isinstance(w, tuple)):
             j = ws.index(w)
             ok = (per_example[w] <= (1.0 + ecfg.predictor_tol) * per_example[1.0]).float()
-            terms.append(F.binary_cross_entropy_with_logits(logits[:, k:, j], ok[:, None].expand(-1, L - k)))
+            if scored.any():
+                terms.append(
+                    F.binary_cross_entropy_with_logits(
+                        logits[scored, k:, j], ok[scored, None].expand(-1, L - k)
+                    )
+                )
         if terms:
             total = total + ecfg.predictor_weight * torch.stack(terms).mean()
     return total, full_ce
