@@ -34,9 +34,10 @@ so their losses cannot move the LM weights:
     per step in [4, T/2], as auto reads only the prompt), emitting for every later layer and
     every width the probability that the width is good enough. Target, per example and per
     sampled width w: 1 if the example's mean loss over the continuation (positions >= P) at
-    uniform width w is <= (1 + predictor_tol) x its full-width loss there. The target is a uniform-width schedule and auto applies one: the smallest width whose
-    probability, averaged over the predicted layers, is above 1/2 (per-layer targets would need
-    L x W passes, and the sandwich trains uniform schedules plus the expansion one).
+    uniform width w is <= (1 + predictor_tol) x its full-width loss there. The target is a
+    uniform-width schedule and auto applies one: the smallest width whose probability, averaged
+    over the predicted layers, is above 1/2 (per-layer targets would need L x W passes, and the
+    sandwich trains uniform schedules plus the expansion one).
 
 Gate calibration (`calibrate_gate`, the trainer's `elastic.calibrate_steps` phase after the LM
 steps): the gate refitted with the LM frozen, on the final model's own full-width agreement at
@@ -476,7 +477,7 @@ class ElasticRunner:
             if block.kind == "A":
                 a = block.mixer
                 c = MatryoshkaKVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype)
-                w = max(self.row_widths) if self.rows_mode else self.widths[i]
+                w = self.widths[i]
                 if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
                     w = 1.0  # expansion may widen this layer later: reserve full width now
                 c.reserve_heads(a.heads_at(w)[1])
@@ -493,8 +494,11 @@ class ElasticRunner:
             raise AdambaError(f"the prompt has {idx.shape[0]} rows; this runner decodes batch {self.batch}")
         pol = self.policy
         if self.rows_mode:
-            return self._prefill_rows(idx)
-        self.widths = [self.choose_width(idx)[0]] * self.L if pol.widths is None else list(pol.widths)
+            out = self._split_rows(idx)
+            if out is not None:
+                return out
+        else:
+            self.widths = [self.choose_width(idx)[0]] * self.L if pol.widths is None else list(pol.widths)
         self.state = self._new_state()
         x = m.embed(idx)
         for i, block in enumerate(m.blocks):
@@ -502,36 +506,35 @@ class ElasticRunner:
         self.pos = idx.shape[1]
         return m.head(m.norm(x))[:, -1]  # all rows, as the plain model does (same bits)
 
-    def _prefill_rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Batched adaptive prefill (no exit in the prompt). auto: the predictor picks a width
-        per row and rows of one width become one part, a runner of their own with that uniform
-        width, so a part's caches hold only its rows and a step gathers no keys/values."""
-        m, pol, B, T = self.model, self.policy, self.batch, idx.shape[1]
+    def _split_rows(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Batched adaptive prefill, first part: each row's width (the predictor's pick, or the
+        policy's). One width for all: set it and return None (the plain prefill follows). Several
+        (auto): rows of one width become one part, a runner of their own with that uniform
+        width, so a part's caches hold only its rows and a step gathers no keys/values; returns
+        the parts' prefill logits in row order."""
+        pol, B = self.policy, self.batch
         if pol.widths is not None and len(set(pol.widths)) > 1:
             raise AdambaError("batched adaptive decoding takes one width for every layer")
         self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * B
-        self.parts = []
-        if len(set(self.row_widths)) > 1:
-            out = None
-            for w, rows in self._groups(torch.ones(B, dtype=torch.bool), self.row_widths):
-                sub = ElasticRunner(
-                    m, self.ecfg, Policy([w] * self.L, pol.exit_threshold, pol.expand_threshold), len(rows)
-                )
-                lg = sub.prefill(idx[rows])
-                out = lg.new_empty(B, lg.shape[-1]) if out is None else out
-                out[rows] = lg
-                self.parts.append((rows, sub))
-            self.pos = T
-            return out
         self.widths = [self.row_widths[0]] * self.L
-        self.state = self._new_state()
-        x = m.embed(idx)
-        for i, block in enumerate(m.blocks):
-            x = block(x, RowView(self.state[i], None), self.widths[i])
-        for c in self.state:
-            c.advance(T)
-        self.pos = T
-        return m.head(m.norm(x[:, -1]))
+        self.parts = []
+        if len(set(self.row_widths)) == 1:
+            return None
+        out = None
+        for w in sorted(set(self.row_widths)):
+            rows = torch.tensor([r for r, wr in enumerate(self.row_widths) if wr == w], device=idx.device)
+            sub = ElasticRunner(
+                self.model,
+                self.ecfg,
+                Policy([w] * self.L, pol.exit_threshold, pol.expand_threshold),
+                len(rows),
+            )
+            lg = sub.prefill(idx[rows])
+            out = lg.new_empty(B, lg.shape[-1]) if out is None else out
+            out[rows] = lg
+            self.parts.append((rows, sub))
+        self.pos = idx.shape[1]
+        return out
 
     def _step_parts(self, tok: torch.Tensor) -> torch.Tensor:
         """One step of every part; logits and per-row stats put back in row order."""
@@ -549,14 +552,6 @@ class ElasticRunner:
                 getattr(self.stats, k).append(v)
         self.pos += 1
         return out
-
-    @staticmethod
-    def _groups(live: torch.Tensor, widths: list[float]):
-        """(width, row indices) for the live rows, one group per distinct width."""
-        by: dict[float, list[int]] = {}
-        for r in live.nonzero().flatten().tolist():
-            by.setdefault(widths[r], []).append(r)
-        return [(w, torch.tensor(rows, device=live.device)) for w, rows in sorted(by.items())]
 
     def choose_width(self, idx: torch.Tensor) -> list[float]:
         """The LayerDimPredictor's pick for each prompt row: the smallest width whose predicted
