@@ -171,7 +171,10 @@ class ElasticConfig:
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
-    calibrate_steps: int = 1000  # gate-calibration phase after the LM steps (LM frozen; see calibrate_gate)
+    calibrate_steps: int = (
+        4000  # gate calibration after the LM steps, in Adam steps (LM frozen; calibrate_gate)
+    )
+    calibrate_reuse: int = 8  # calibration steps per forward pass of the frozen model
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
     predictor_tol: float = 0.05  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
@@ -204,6 +207,8 @@ class ElasticConfig:
                 raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
         if self.expand_layers < 0:
             raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
+        if self.calibrate_reuse < 1:
+            raise AdambaError(f"elastic.calibrate_reuse={self.calibrate_reuse} must be >= 1")
 
 
 @dataclass

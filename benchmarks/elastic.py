@@ -64,13 +64,16 @@ BASE = [
     "train.threads=1",
     "run.progress=false",
 ]
-# the config defaults spelled out: early-exit loss 0.1, MLP-64 gates, 1000-step gate calibration
+# the config defaults spelled out: early-exit loss 0.1, MLP-64 gates, gate calibration of 4000
+# steps at 8 per forward pass, predictor tolerance 1%
 ELASTIC = [
     "elastic.enabled=true",
     "elastic.widths=[0.125, 0.25, 0.5, 1.0]",
     "elastic.exit_loss_weight=0.1",
     "elastic.gate_hidden=64",
-    "elastic.calibrate_steps=1000",
+    "elastic.calibrate_steps=4000",
+    "elastic.calibrate_reuse=8",
+    "elastic.predictor_tol=0.01",
     "elastic.expand_train=0.25",
     "elastic.gate_per_width=true",
 ]
@@ -213,14 +216,16 @@ def exit_sweep(
             full_pred.append(model.head(model.norm(h)).argmax(-1))
         full_pred = torch.cat(full_pred)
         for thr in thresholds:
-            changed, spent, full, n, ces, tgts = 0, 0.0, 0.0, 0, [], []
+            changed, changed_live, spent, full, n, ces, tgts = 0, 0, 0.0, 0.0, 0, [], []
             hist = torch.zeros(L, dtype=torch.long)
             for i in range(0, len(rows), 32):
                 x, y = rows[i : i + 32, :-1], rows[i : i + 32, 1:]
                 h, ex = el.batched_exits(model, x, [1.0] * L, thr, start=prompt)
                 logits = model.head(model.norm(h))[:, prompt:]
                 ex = ex[:, prompt:]
-                changed += int((logits.argmax(-1) != full_pred[i : i + 32, prompt:]).sum())
+                diff = logits.argmax(-1) != full_pred[i : i + 32, prompt:]
+                changed += int(diff.sum())
+                changed_live += int((diff & (ex == L - 1)).sum())  # no exit: copy-forward K/V did it
                 t = torch.arange(prompt, seq).expand_as(ex)
                 cost = cum[t, ex] + torch.clamp(ex + 1, max=L - 1) * gate + tail_kv[ex]
                 spent += float(cost.sum())
@@ -232,6 +237,8 @@ def exit_sweep(
             r = {
                 "threshold": thr,
                 "argmax_changed": changed / n,
+                # of which tokens that ran every layer, changed by earlier tokens' copy-forward K/V
+                "argmax_changed_not_exited": changed_live / n,
                 "layer_flops_skipped": 1 - spent / full,
                 "exit_rate": 1 - float(hist[-1]) / n,
                 "exit_hist": hist.tolist(),
@@ -240,7 +247,8 @@ def exit_sweep(
             }
             res.append(r)
             print(
-                f"   exit > {thr}: argmax changed {r['argmax_changed']:.2%}, layer FLOPs skipped "
+                f"   exit > {thr}: argmax changed {r['argmax_changed']:.2%} "
+                f"({r['argmax_changed_not_exited']:.2%} on tokens that did not exit), layer FLOPs skipped "
                 f"{r['layer_flops_skipped']:.1%}, exit rate {r['exit_rate']:.1%} ({n:,} tokens)",
                 flush=True,
             )
@@ -640,7 +648,7 @@ def add_width_gates(model, out: Path, steps: int) -> None:
     print(f"per-width gates calibrated {steps} steps: BCE {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
 
 
-def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
+def calibrated_sweep(out: Path, hidden: int, steps: int, reuse: int = 1) -> dict:
     """A trained model's gate refitted from scratch (linear, or an MLP of `hidden` units) for
     `steps` calibration steps with the LM frozen (el.calibrate_gate on training batches), then
     the exit sweep on the whole validation split (exit_sweep: exact replay of decoding with
@@ -657,19 +665,22 @@ def calibrated_sweep(out: Path, hidden: int, steps: int) -> dict:
     fresh = el.ElasticHeads(model.cfg, ElasticConfig(enabled=True, widths=ecfg.widths, gate_hidden=hidden))
     model.elastic.gates, model.elastic.gate_flops = fresh.gates, fresh.gate_flops
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
-    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps)
-    print(f"gate (hidden {hidden}) calibrated {steps} steps: BCE {losses[0]:.3f} -> {losses[-1]:.3f}")
+    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps, reuse=reuse)
+    print(
+        f"gate (hidden {hidden}) calibrated {steps} steps, {reuse} per batch: BCE {losses[0]:.3f} -> {losses[-1]:.3f}"
+    )
     tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
     L = len(model.blocks)
     res = {
         "gate_hidden": hidden,
         "steps": steps,
+        "reuse": reuse,
         "recipe": {k: getattr(ecfg, k) for k in ("exit_loss_weight", "exit_distill_weight")},
         "bpb": {f"width={w:g}": val_bpb(model, out, tb, [w] * L) for w in (0.5, 1.0)},
         "sweep": exit_sweep(model, out, SWEEP, tb),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"elastic-calibrated{hidden}-{steps}-{out.name.removeprefix('el-')}.json"
+    name = f"elastic-calibrated{hidden}-{steps}{f'x{reuse}' if reuse > 1 else ''}-{out.name.removeprefix('el-')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=2))
     return res
 
@@ -850,7 +861,8 @@ def seed_experiment(out: Path, steps: int) -> dict:
             "train.threads=1",
             "run.progress=false",
             "elastic.exit_loss_weight=0.1",
-            "elastic.calibrate_steps=300",
+            "elastic.calibrate_steps=2400",
+            "elastic.calibrate_reuse=8",
             f"train.max_steps={steps}",
             f"run.out_dir={out / 'elastic'}",
         ]
@@ -925,6 +937,7 @@ def main() -> None:
     cb.add_argument("--out", required=True, type=Path)
     cb.add_argument("--hidden", type=int, default=64)
     cb.add_argument("--steps", type=int, default=1000)
+    cb.add_argument("--reuse", type=int, default=1, help="calibration steps per forward pass")
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
     hr = sub.add_parser("headroom")
@@ -939,7 +952,7 @@ def main() -> None:
     elif args.cmd == "probe":
         gate_probe(args.out, args.hidden)
     elif args.cmd == "calibrate":
-        calibrated_sweep(args.out, args.hidden, args.steps)
+        calibrated_sweep(args.out, args.hidden, args.steps, args.reuse)
     elif args.cmd == "calm":
         calm_sweep(args.out)
     elif args.cmd == "prepare":

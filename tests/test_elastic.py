@@ -527,6 +527,39 @@ def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
         assert not torch.equal(heads.gate_logit(0, hs[0], 0.125), heads.gate_logit(0, hs[0], 1.0))
 
 
+def test_calibrate_gate_reuses_each_batch_and_decays_the_rate():
+    """calibrate_gate(reuse=k): one forward of the frozen model per k steps (each narrow width
+    in turn per forward), a cosine rate from lr to ~0, and a clear error for reuse < 1."""
+    torch.manual_seed(0)
+    model = el.attach_elastic(LM(tiny(n_layer=3)), ElasticConfig(enabled=True, widths=WIDTHS, gate_hidden=16))
+    drawn, seen, rates = [], [], []
+    real = el.layer_agreement
+
+    def batches():
+        while True:
+            drawn.append(1)
+            yield torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+
+    def spy(m, x, width=1.0):
+        seen.append(width)
+        return real(m, x, width)
+
+    el.layer_agreement = spy
+    try:
+        losses = el.calibrate_gate(
+            model, batches(), steps=26, lr=1e-2, reuse=4, on_step=lambda i, l, lr: rates.append(lr)
+        )
+    finally:
+        el.layer_agreement = real
+    assert len(losses) == 26 and len(drawn) == 7  # ceil(26 / 4) batches
+    assert seen == [w for n in range(7) for w in (1.0, WIDTHS[n % 3])]  # full + one narrow per batch
+    assert rates[0] == pytest.approx(1e-2) and rates[-1] < 1e-4 and rates == sorted(rates, reverse=True)
+    with pytest.raises(AdambaError, match="reuse"):
+        el.calibrate_gate(model, batches(), steps=2, reuse=0)
+    with pytest.raises(AdambaError, match="calibrate_reuse"):
+        ElasticConfig(enabled=True, calibrate_reuse=0).validate()
+
+
 @pytest.mark.parametrize("mode", ["ghost", "think"])
 def test_fixed_modes_decode_a_batch_like_one_sequence_at_a_time(mode):
     """A fixed-width runner decoding 3 sequences together gives each one's batch-1 logits."""
@@ -646,7 +679,10 @@ def test_trainer_gate_calibration_phase_runs_once(data, tmp_path):
     from adamba.train import checkpoint as ck
     from adamba.train import trainer
 
-    over = elastic_overrides(data, tmp_path / "c", steps=3) + ["elastic.calibrate_steps=4"]
+    over = elastic_overrides(data, tmp_path / "c", steps=3) + [
+        "elastic.calibrate_steps=4",
+        "elastic.calibrate_reuse=1",
+    ]
     trainer.run(load_config("tiny-cpu", over + ["elastic.calibrate_steps=0"]))
     plain = ck.read_checkpoint(tmp_path / "c")
     assert plain.state["gate_calibrated"] == 0

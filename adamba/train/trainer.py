@@ -267,9 +267,10 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 model,
                 ((x.to(device), y.to(device)) for x, y in iter(loader.__next__, None)),
                 ec.calibrate_steps,
-                on_step=lambda i, loss: bar.update(
-                    i, ec.calibrate_steps, loss, 3e-3, 0.0, " gate calibration"
+                on_step=lambda i, loss, lr: bar.update(
+                    i, ec.calibrate_steps, loss, lr, 0.0, " gate calibration"
                 ),
+                reuse=ec.calibrate_reuse,
             )
         bar.close()
         gate_calibrated, gate_loss = ec.calibrate_steps, sum(losses[-20:]) / len(losses[-20:])
