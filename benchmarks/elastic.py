@@ -828,7 +828,7 @@ def seed_docs(n: int, seed: int) -> list[tuple[str, str]]:
     return docs
 
 
-def seed_experiment(out: Path, steps: int) -> dict:
+def seed_experiment(out: Path, steps: int, extra: list[str] | None = None) -> dict:
     """8 layers, widths 32..256 (d_model 256, 8 heads of 32: widths 1/8..1 keep 1..8 heads and
     the matching MLP units), trained with Matryoshka sampling + gate + predictor on the
     easy/hard mix; then auto mode decodes held-out easy and hard documents and counts early
@@ -866,6 +866,7 @@ def seed_experiment(out: Path, steps: int) -> dict:
             f"train.max_steps={steps}",
             f"run.out_dir={out / 'elastic'}",
         ]
+        + (extra or [])
     )
     res = run(load_config("tiny-cpu", over))
     model, tok, ckpt = load_model(out / "elastic")
@@ -898,7 +899,9 @@ def seed_experiment(out: Path, steps: int) -> dict:
         f"(seed claimed 71.5% / 3%)"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "elastic-seed.json").write_text(json.dumps(result, indent=2))
+    result["overrides"] = extra or []
+    # elastic-seed.json for an out dir named el-seed (the default recipe), else named after it
+    (RESULTS / f"elastic-{out.name.removeprefix('el-')}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -946,9 +949,10 @@ def main() -> None:
     sd = sub.add_parser("seed")
     sd.add_argument("--out", required=True, type=Path)
     sd.add_argument("--steps", type=int, default=300)
+    sd.add_argument("--set", action="append", default=[], help="extra config overrides")
     args = p.parse_args()
     if args.cmd == "seed":
-        seed_experiment(args.out, args.steps)
+        seed_experiment(args.out, args.steps, args.set)
     elif args.cmd == "probe":
         gate_probe(args.out, args.hidden)
     elif args.cmd == "calibrate":

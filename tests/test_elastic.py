@@ -242,6 +242,18 @@ def test_sandwich_trains_the_expansion_schedule(monkeypatch):
         ElasticConfig(enabled=True, expand_train=1.5).validate()
 
 
+def test_predictor_target_relative_or_in_nats():
+    """The predictor's 'good enough' target: relative to the full width's loss by default, an
+    absolute margin in nats with predictor_tol_nats (low-loss text is judged as leniently as
+    high-loss text)."""
+    full = torch.tensor([0.30, 0.30, 3.00, 3.00])
+    narrow = torch.tensor([0.302, 0.33, 3.02, 3.10])
+    rel = el.predictor_target(narrow, full, ElasticConfig(predictor_tol=0.01))
+    nats = el.predictor_target(narrow, full, ElasticConfig(predictor_tol=0.04, predictor_tol_nats=True))
+    assert rel.tolist() == [1.0, 0.0, 1.0, 0.0]  # 1%: 0.003 nats at loss 0.3, 0.03 at loss 3
+    assert nats.tolist() == [1.0, 1.0, 1.0, 0.0]  # 0.04 nats at any loss
+
+
 def test_predictor_reads_a_prompt_and_is_scored_on_its_continuation(monkeypatch):
     """The predictor's input is the pooled state of a prompt (a prefix of the row, as auto reads
     it at inference), equal to running that prefix alone through the first layer."""
