@@ -151,3 +151,17 @@ def test_corrupted_shard_is_refused(data, tmp_path):
     with pytest.raises(AdambaError, match=f"corrupted shard .*{s.path.name}"):
         TokenLoader([str(m)], B, T)
     TokenLoader([str(m)], B, T, verify=False)  # opt-out for trusted data
+
+
+def test_exit_hook_stops_prefetch_threads(data):
+    """A loader never closed (or kept alive by a traceback) has its prefetch thread stopped by
+    the interpreter-exit hook, before torch is torn down."""
+    from adamba.data import loader as mod
+
+    tok, m = data
+    keep = TokenLoader([str(m)], B, T, prefetch=2)
+    next(keep)
+    thread = keep._thread
+    assert thread is not None and thread.is_alive() and keep in mod._LIVE
+    mod._stop_prefetch_threads()
+    assert not thread.is_alive()

@@ -30,6 +30,7 @@ shards), so the trainer does not wait on disk.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import queue
@@ -270,6 +271,7 @@ class TokenLoader:
             target=_produce, args=(weakref.ref(self), self._queue, self._stop), daemon=True
         )
         self._thread.start()
+        _LIVE.add(self)
 
     def close(self) -> None:
         """Stop the prefetch thread and drop prefetched batches (restarts on the next batch)."""
@@ -303,6 +305,21 @@ class TokenLoader:
         s.g, s.picked = int(d["next"]), [int(p) for p in d["picked"]]
         self._sampler = s
         self._state = self._sampler_state()
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # loaders that started a prefetch thread
+
+
+@atexit.register
+def _stop_prefetch_threads() -> None:
+    """At interpreter exit, stop every prefetch thread still running (a loader kept alive by a
+    traceback, or never closed) before torch is torn down: a daemon thread caught inside a
+    torch call during shutdown can abort the process after all the work is done."""
+    for loader in list(_LIVE):
+        thread = loader._thread
+        if thread is not None:
+            loader._stop.set()
+            thread.join(timeout=2.0)
 
 
 def _produce(ref: weakref.ref, q: queue.Queue, stop: threading.Event) -> None:

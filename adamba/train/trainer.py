@@ -275,6 +275,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         bar.close()
         gate_calibrated, gate_loss = ec.calibrate_steps, sum(losses[-20:]) / len(losses[-20:])
         save(step, elapsed_prev + time.time() - t0, loader.state_dict())
+    loader.close()  # stop the prefetch thread now, not at garbage collection
     elapsed = time.time() - t0
     return TrainResult(
         run_dir=run_dir,
