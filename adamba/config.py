@@ -171,9 +171,7 @@ class ElasticConfig:
     gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
-    calibrate_steps: int = (
-        4000  # gate calibration after the LM steps, in Adam steps (LM frozen; calibrate_gate)
-    )
+    calibrate_steps: int = 4000  # gate-calibration Adam steps after the LM steps (LM frozen)
     calibrate_reuse: int = 8  # calibration steps per forward pass of the frozen model
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers

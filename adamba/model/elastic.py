@@ -331,17 +331,18 @@ def calibrate_gate(
     Why a phase after training: in-loop gate targets come from an LM that is still moving and
     from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
     Shakespeare and the stdlib corpus at the default 0.95, the in-loop gate skips 0.1-0.2% of
-    layer FLOPs and the calibrated one 12-19% (benchmarks/README.md, "Elastic compute"). Every
+    layer FLOPs and the calibrated one 12-21% (benchmarks/README.md, "Elastic compute"). Every
     `reuse` steps read one (x, y) batch and run the frozen model at full width and, with
     per-width gates, at one narrow width in turn (its labels: agreement with that width's own
     last layer); each step is one Adam step on the gates' BCE over every non-padding position
     (y != -100) of the current batch, the learning rate decaying from `lr` to 0 on a cosine.
     Why reuse and decay: the forward (an LM-head matmul per layer) costs far more than a gate
     step, and the gate is underfitted at one step per forward; measured on Tiny Shakespeare
-    (cached states, benchmarks/README.md), 8 steps per forward with the decay fit a better gate
-    (validation BCE 0.431 against 0.441) from half the forwards. `full=False` fits the narrow widths' gates only (a model whose
-    full-width gates are calibrated already). Returns the per-step losses (full-width gates,
-    else the narrow ones)."""
+    (benchmarks/README.md), 8 steps per forward with the decay fit a better gate (validation
+    BCE 0.431 against 0.441) from half the forwards; the exit curve barely moves, so the gain
+    is mostly the phase's time (-30 to -40%). `full=False` fits the narrow widths' gates only
+    (a model whose full-width gates are calibrated already). Returns the per-step losses
+    (full-width gates, else the narrow ones)."""
     heads: ElasticHeads = model.elastic
     if not full and not heads.narrow:
         raise AdambaError("no per-width gates to calibrate (elastic.gate_per_width is off)")
