@@ -539,7 +539,7 @@ def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
         assert not torch.equal(heads.gate_logit(0, hs[0], 0.125), heads.gate_logit(0, hs[0], 1.0))
 
 
-def test_calibrate_gate_reuses_each_batch_and_decays_the_rate():
+def test_calibrate_gate_reuses_each_batch_and_decays_the_rate(monkeypatch):
     """calibrate_gate(reuse=k): one forward of the frozen model per k steps (each narrow width
     in turn per forward), a cosine rate from lr to ~0, and a clear error for reuse < 1."""
     torch.manual_seed(0)
@@ -556,13 +556,10 @@ def test_calibrate_gate_reuses_each_batch_and_decays_the_rate():
         seen.append(width)
         return real(m, x, width)
 
-    el.layer_agreement = spy
-    try:
-        losses = el.calibrate_gate(
-            model, batches(), steps=26, lr=1e-2, reuse=4, on_step=lambda i, l, lr: rates.append(lr)
-        )
-    finally:
-        el.layer_agreement = real
+    monkeypatch.setattr(el, "layer_agreement", spy)
+    losses = el.calibrate_gate(
+        model, batches(), steps=26, lr=1e-2, reuse=4, on_step=lambda i, l, lr: rates.append(lr)
+    )
     assert len(losses) == 26 and len(drawn) == 7  # ceil(26 / 4) batches
     assert seen == [w for n in range(7) for w in (1.0, WIDTHS[n % 3])]  # full + one narrow per batch
     assert rates[0] == pytest.approx(1e-2) and rates[-1] < 1e-4 and rates == sorted(rates, reverse=True)

@@ -359,9 +359,8 @@ def calibrate_gate(
                 x, y = next(batches)
                 valid = y != -100
                 w_n = heads.narrow[(step // reuse) % len(heads.narrow)] if heads.narrow else None
-                fwd = {
-                    w: layer_agreement(model, x, w) for w in ([1.0] if full else []) + ([w_n] if w_n else [])
-                }
+                widths = ([1.0] if full else []) + ([w_n] if w_n is not None else [])
+                fwd = {w: layer_agreement(model, x, w) for w in widths}
             cur = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
             for g in opt.param_groups:
                 g["lr"] = cur
