@@ -175,8 +175,8 @@ class ElasticConfig:
     calibrate_reuse: int = 8  # calibration steps per forward pass of the frozen model
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
-    predictor_tol: float = 0.01  # a width is "good enough" if its loss <= (1 + tol) * full-width loss
-    predictor_tol_nats: bool = False  # ... or, if true, if its loss <= full-width loss + tol (nats/token)
+    predictor_tol: float = 0.04  # a width is "good enough" if its loss <= full-width loss + tol ...
+    predictor_tol_nats: bool = True  # ... in nats/token; false: if its loss <= (1 + tol) * full-width loss
 
     def validate(self) -> None:
         if not self.widths or any(not (0.0 < w <= 1.0) for w in self.widths) or 1.0 not in self.widths:

@@ -65,7 +65,7 @@ BASE = [
     "run.progress=false",
 ]
 # the config defaults spelled out: early-exit loss 0.1, MLP-64 gates, gate calibration of 4000
-# steps at 8 per forward pass, predictor tolerance 1%
+# steps at 8 per forward pass, predictor tolerance 0.04 nats per token
 ELASTIC = [
     "elastic.enabled=true",
     "elastic.widths=[0.125, 0.25, 0.5, 1.0]",
@@ -73,7 +73,8 @@ ELASTIC = [
     "elastic.gate_hidden=64",
     "elastic.calibrate_steps=4000",
     "elastic.calibrate_reuse=8",
-    "elastic.predictor_tol=0.01",
+    "elastic.predictor_tol=0.04",
+    "elastic.predictor_tol_nats=true",
     "elastic.expand_train=0.25",
     "elastic.gate_per_width=true",
 ]

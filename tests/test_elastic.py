@@ -243,13 +243,13 @@ def test_sandwich_trains_the_expansion_schedule(monkeypatch):
 
 
 def test_predictor_target_relative_or_in_nats():
-    """The predictor's 'good enough' target: relative to the full width's loss by default, an
-    absolute margin in nats with predictor_tol_nats (low-loss text is judged as leniently as
-    high-loss text)."""
+    """The predictor's 'good enough' target: by default an absolute margin of 0.04 nats over the
+    full width's loss (low-loss text is judged as leniently as high-loss text), relative with
+    predictor_tol_nats=false."""
     full = torch.tensor([0.30, 0.30, 3.00, 3.00])
     narrow = torch.tensor([0.302, 0.33, 3.02, 3.10])
-    rel = el.predictor_target(narrow, full, ElasticConfig(predictor_tol=0.01))
-    nats = el.predictor_target(narrow, full, ElasticConfig(predictor_tol=0.04, predictor_tol_nats=True))
+    rel = el.predictor_target(narrow, full, ElasticConfig(predictor_tol=0.01, predictor_tol_nats=False))
+    nats = el.predictor_target(narrow, full, ElasticConfig())
     assert rel.tolist() == [1.0, 0.0, 1.0, 0.0]  # 1%: 0.003 nats at loss 0.3, 0.03 at loss 3
     assert nats.tolist() == [1.0, 1.0, 1.0, 0.0]  # 0.04 nats at any loss
 
@@ -603,16 +603,21 @@ def test_auto_decodes_a_batch_like_one_sequence_at_a_time():
             torch.nn.init.normal_(p, 0, 0.5)
     x = torch.randint(0, 97, (B, T))
     n = T - prompt
-    policies = [  # auto (rows split by predicted width), and one width with exits (no split)
-        el.Policy(None, exit_threshold=0.7, expand_threshold=0.3),
-        el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3),
-        el.Policy([1.0] * L, exit_threshold=0.7),
+    auto = el.Policy(None, exit_threshold=0.7, expand_threshold=0.3)
+    policies = [  # auto: a predicted width per row, the narrower rows masked in one shared pass
+        (auto, 0),  # (max_wide 0) or the wider rows as their own groups (max_wide B)
+        (auto, B),
+        (el.Policy(None, exit_threshold=0.7), B),  # auto without expansion
+        (el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3), 1),  # one width
+        (el.Policy([1.0] * L, exit_threshold=0.7), 1),
     ]
-    for pol in policies:
+    for pol, max_wide in policies:
         rb = el.ElasticRunner(model, ecfg, pol, batch=B)
+        rb.max_wide = max_wide
         batched = [rb.prefill(x[:, :prompt])] + [rb.step(x[:, t : t + 1]) for t in range(prompt, T)]
         if pol.widths is None:
-            assert len(set(rb.row_widths)) >= 2 and rb.parts  # rows really run at different widths
+            assert len(set(rb.row_widths)) >= 2  # rows really run at different widths
+            assert (rb.masks_a is not None) if max_wide == 0 else (rb.masks_a is None and rb.wide)
         sb = rb.stats
         for b in range(B):
             r1 = el.ElasticRunner(model, ecfg, pol)

@@ -34,10 +34,10 @@ so their losses cannot move the LM weights:
     per step in [4, T/2], as auto reads only the prompt), emitting for every later layer and
     every width the probability that the width is good enough. Target, per example and per
     sampled width w: 1 if the example's mean loss over the continuation (positions >= P) at
-    uniform width w is <= (1 + predictor_tol) x its full-width loss there (with
-    `predictor_tol_nats`: <= its full-width loss + predictor_tol nats; a relative tolerance is
-    strict on low-loss text and loose on high-loss text, so on the seed's easy/hard mix it sends
-    the easy documents to full width; benchmarks/README.md). The target is a
+    uniform width w is <= its full-width loss there + predictor_tol nats (default 0.04, about 1%
+    of real-text losses; `predictor_tol_nats=false`: <= (1 + predictor_tol) x the full-width
+    loss, which is strict on low-loss text and loose on high-loss text, so on the seed's
+    easy/hard mix it sends the easy documents to full width; benchmarks/README.md). The target is a
     uniform-width schedule and auto applies one: the smallest width whose probability, averaged
     over the predicted layers, is above 1/2 (per-layer targets would need L x W passes, and the
     sandwich trains uniform schedules plus the expansion one).
@@ -56,8 +56,10 @@ token (final norm + head on this hidden state); g < expand_threshold at a layer 
 an exited token's hidden state is copied forward as the input of every skipped layer, which
 computes and caches only its K/V from it (M/K layers advance their state on it), so later tokens
 find an entry at every layer. Fixed modes (ghost / whisper / normal / think) run one width in
-every layer and never exit. Both decode a batch of sequences together: auto runs each layer on
-the rows still live, one group per predicted width (attention-only models). `batched_exits` replays
+every layer and never exit. Both decode a batch of sequences together: auto runs each layer in
+one pass over every row at a shared width, rows of narrower predicted widths masked down to
+theirs, the few wider or expanded rows recomputed as small groups (attention-only models;
+`ElasticRunner._plan_rows`). `batched_exits` replays
 exit decoding over whole sequences in n_layer batched passes (same decisions, same logits), which
 is how the benchmark scores the exit rule on a whole validation split.
 """
@@ -169,7 +171,8 @@ def run_layers(model, idx: torch.Tensor, widths: list[float], keep: bool = False
 
 def predictor_target(loss_w: torch.Tensor, loss_full: torch.Tensor, ecfg: ElasticConfig) -> torch.Tensor:
     """1.0 where a width is good enough: its mean loss (nats/token, per example) within the
-    tolerance of the full width's, relative by default, absolute with `predictor_tol_nats`."""
+    tolerance of the full width's: absolute (nats) with `predictor_tol_nats` (the default), else
+    relative."""
     tol = ecfg.predictor_tol
     bound = loss_full + tol if ecfg.predictor_tol_nats else (1.0 + tol) * loss_full
     return (loss_w <= bound).float()
@@ -434,9 +437,10 @@ class ElasticRunner:
     """Elastic decoding: `prefill(prompt)` then `step(token)`, for `batch` sequences together.
     Fixed-width policies (ghost / whisper / normal / think) run the plain batched path. Adaptive
     policies (auto: per-row predicted width, per-token exit and expansion) decode a batch by
-    running each layer on the rows still live, one group per width, with every exited row
-    adding its copy-forward K/V; each row gets the decisions and logits batch-1 decoding gives
-    it (tests). Batched adaptive decoding needs an attention-only model."""
+    running each layer's attention on every row at a shared width (narrower rows masked, exited
+    rows adding their copy-forward K/V) and its MLP on the live rows, the few wider or expanded
+    rows as small groups; each row gets the decisions and logits batch-1 decoding gives it, up
+    to float rounding (tests). Batched adaptive decoding needs an attention-only model."""
 
     def __init__(self, model, ecfg: ElasticConfig, policy: Policy, batch: int = 1):
         if policy.widths is not None:
@@ -459,7 +463,13 @@ class ElasticRunner:
         self.model, self.ecfg, self.policy, self.batch = model, ecfg, policy, batch
         self.rows_mode = batch != 1 and adaptive  # per-row widths / exits: layers run on row subsets
         self.row_widths: list[float] = [1.0] * batch
-        self.parts: list = []  # batched auto: (rows, runner) per predicted width
+        # batched adaptive decoding (_plan_rows): shared width, wider row groups, per-row masks
+        self.w_a = 1.0  # the width every row's pass runs at
+        self.max_wide = max(1, batch // 16)  # at most this many rows above w_a (tests vary it)
+        self.row_w = self.in_a = None  # [B] row widths, rows at or below w_a
+        self.masks_a = None  # per-layer row masks of heads / units, when rows below w_a exist
+        self.wide: list = []  # (width, rows) above w_a, run as groups of their own
+        self.other_widths: list = []  # (width, rows) not at w_a: they read their width's gate
         self.L = len(model.blocks)
         self.cfg: ModelConfig = model.cfg
         self.stats = TokenStats()
@@ -468,13 +478,22 @@ class ElasticRunner:
         self.pos = 0  # tokens seen so far
 
     # --- FLOPs model: 2 x multiply-adds of every matmul a token runs
-    def _layer_flops(self, i: int, w: float, ctx: int) -> float:
+    def _stored_heads(self, i: int, row_width: float) -> int:
+        """KV heads a batch-1 runner of this row width stores at layer i (what the FLOPs model
+        charges a row; a batch of mixed widths stores its widest row's heads for every row)."""
+        a = self.model.blocks[i].mixer
+        if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
+            row_width = 1.0  # expansion may widen this layer later: reserved at full width
+        return a.heads_at(row_width)[1]
+
+    def _layer_flops(self, i: int, w: float, ctx: int, n_store: int | None = None) -> float:
         block, d = self.model.blocks[i], self.cfg.d_model
         f = 0.0
         if block.kind == "A":
             a = block.mixer
             hq, _ = a.heads_at(w)
-            n_store = self.state[i].heads if self.state else a.n_kv_head
+            if n_store is None:
+                n_store = self.state[i].heads if self.state else a.n_kv_head
             f += 2 * d * a.head_dim * (hq + 2 * n_store) + 4 * hq * a.head_dim * ctx + 2 * hq * a.head_dim * d
         else:
             f += mixer_matmul_flops(block)
@@ -503,7 +522,7 @@ class ElasticRunner:
             if block.kind == "A":
                 a = block.mixer
                 c = MatryoshkaKVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype)
-                w = self.widths[i]
+                w = max(self.row_widths) if self.rows_mode else self.widths[i]
                 if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
                     w = 1.0  # expansion may widen this layer later: reserve full width now
                 c.reserve_heads(a.heads_at(w)[1])
@@ -519,65 +538,57 @@ class ElasticRunner:
         if idx.shape[0] != self.batch:
             raise AdambaError(f"the prompt has {idx.shape[0]} rows; this runner decodes batch {self.batch}")
         pol = self.policy
+        mask_h = mask_u = None
         if self.rows_mode:
-            out = self._split_rows(idx)
-            if out is not None:
-                return out
+            if pol.widths is not None and len(set(pol.widths)) > 1:
+                raise AdambaError("batched adaptive decoding takes one width for every layer")
+            self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * self.batch
+            self._plan_rows(idx.device)
+            self.widths = [max(self.row_widths)] * self.L  # the prompt: one pass at the widest row's
+            if len(set(self.row_widths)) > 1:  # ... narrower rows masked down to their own width
+                mask_h, mask_u = self._row_masks(self.widths[0], self.row_w)
         else:
             self.widths = [self.choose_width(idx)[0]] * self.L if pol.widths is None else list(pol.widths)
         self.state = self._new_state()
         x = m.embed(idx)
         for i, block in enumerate(m.blocks):
-            x = block(x, self.state[i], self.widths[i])
+            if mask_h is None:
+                x = block(x, self.state[i], self.widths[i])
+            else:
+                h = x + block.mixer(block.norm1(x), self.state[i], self.widths[i], mask_h[i])
+                x = h + block.mlp(block.norm2(h), self.widths[i], mask_u[i])
         self.pos = idx.shape[1]
         return m.head(m.norm(x))[:, -1]  # all rows, as the plain model does (same bits)
 
-    def _split_rows(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """Batched adaptive prefill, first part: each row's width (the predictor's pick, or the
-        policy's). One width for all: set it and return None (the plain prefill follows). Several
-        (auto): rows of one width become one part, a runner of their own with that uniform
-        width, so a part's caches hold only its rows and a step gathers no keys/values; returns
-        the parts' prefill logits in row order."""
-        pol, B = self.policy, self.batch
-        if pol.widths is not None and len(set(pol.widths)) > 1:
-            raise AdambaError("batched adaptive decoding takes one width for every layer")
-        self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * B
-        self.widths = [self.row_widths[0]] * self.L
-        self.parts = []
-        if len(set(self.row_widths)) == 1:
-            return None
-        out = None
-        for w in sorted(set(self.row_widths)):
-            rows = torch.tensor([r for r, wr in enumerate(self.row_widths) if wr == w], device=idx.device)
-            sub = ElasticRunner(
-                self.model,
-                self.ecfg,
-                Policy([w] * self.L, pol.exit_threshold, pol.expand_threshold),
-                len(rows),
-            )
-            lg = sub.prefill(idx[rows])
-            out = lg.new_empty(B, lg.shape[-1]) if out is None else out
-            out[rows] = lg
-            self.parts.append((rows, sub))
-        self.pos = idx.shape[1]
-        return out
+    def _plan_rows(self, device) -> None:
+        """Batched adaptive decoding's plan from the rows' widths: the shared width w_a that
+        every step runs on all rows (rows of narrower widths masked down to theirs, exited rows
+        computing only their copy-forward K/V), rows wider than w_a (and expanded rows) run on
+        top of it as small row groups through row views of the caches. w_a is the smallest
+        width with at most `max_wide` (batch/16) rows wider, so a few wide rows do not make every row pay
+        their width, and a few narrow rows cost no separate pass."""
+        ws = sorted(set(self.row_widths))
+        self.w_a = next(w for w in ws if sum(r > w for r in self.row_widths) <= self.max_wide)
+        self.row_w = torch.tensor(self.row_widths, device=device)
+        self.masks_a = self._row_masks(self.w_a, self.row_w) if ws[0] < self.w_a else None
+        self.wide = [(w, self.row_w == w) for w in ws if w > self.w_a]
+        self.in_a = self.row_w <= self.w_a
+        self.other_widths = [(w, self.row_w == w) for w in ws if w != self.w_a]
 
-    def _step_parts(self, tok: torch.Tensor) -> torch.Tensor:
-        """One step of every part; logits and per-row stats put back in row order."""
-        out, per_row = None, [None] * self.batch
-        names = ("flops", "full_flops", "head_flops", "exit_layer", "expanded", "widths")
-        for rows, sub in self.parts:
-            lg = sub.step(tok[rows])
-            out = lg.new_empty(self.batch, lg.shape[-1]) if out is None else out
-            out[rows] = lg
-            n = len(rows)
-            for j, r in enumerate(rows.tolist()):
-                per_row[r] = [getattr(sub.stats, k)[-n + j] for k in names]
-        for entry in per_row:
-            for k, v in zip(names, entry):
-                getattr(self.stats, k).append(v)
-        self.pos += 1
-        return out
+    def _row_masks(self, w: float, cur: torch.Tensor) -> tuple[list, list]:
+        """Per layer, 0/1 multipliers for a pass at width w that keep each row's query heads
+        [B, hq, 1, 1] and MLP units [B, 1, n] of its own width `cur` (rows at or above w keep
+        all of w's)."""
+        p = next(self.model.parameters())
+        heads, units = [], []
+        for block in self.model.blocks:
+            a, mlp = block.mixer, block.mlp
+            hq, n = a.heads_at(w)[0], mlp.units_at(w)
+            kh = torch.tensor([a.heads_at(c)[0] for c in cur.tolist()], device=p.device)
+            ku = torch.tensor([mlp.units_at(c) for c in cur.tolist()], device=p.device)
+            heads.append((torch.arange(hq, device=p.device) < kh[:, None]).to(p.dtype)[:, :, None, None])
+            units.append((torch.arange(n, device=p.device) < ku[:, None]).to(p.dtype)[:, None, :])
+        return heads, units
 
     def choose_width(self, idx: torch.Tensor) -> list[float]:
         """The LayerDimPredictor's pick for each prompt row: the smallest width whose predicted
@@ -593,12 +604,12 @@ class ElasticRunner:
         ws = m.elastic.widths
         return [next((w for w, p in zip(ws, row) if p > 0.5), 1.0) for row in probs.tolist()]
 
-    def _copy_forward_flops(self, i: int) -> float:
+    def _copy_forward_flops(self, i: int, n_store: int | None = None) -> float:
         """FLOPs of a skipped layer's copy-forward: its K/V projections (M/K: the whole mixer)."""
         block = self.model.blocks[i]
         if block.kind != "A":
             return mixer_matmul_flops(block)
-        n = self.state[i].heads if self.state else block.mixer.n_kv_head
+        n = n_store if n_store is not None else self.state[i].heads if self.state else block.mixer.n_kv_head
         return 2 * self.cfg.d_model * block.mixer.head_dim * 2 * n
 
     def _copy_forward(self, i: int, h: torch.Tensor, rows: torch.Tensor | None = None) -> float:
@@ -639,13 +650,12 @@ class ElasticRunner:
         ctx = self.pos
         x = m.embed(tok)
         flops, exit_at, expanded, used = 0.0, L - 1, False, []
-        gated = pol.exit_threshold is not None or pol.expand_threshold is not None
         for i, block in enumerate(m.blocks):
             w = 1.0 if expanded else self.widths[i]
             x = block(x, self.state[i], w)
             flops += self._layer_flops(i, w, ctx)
             used.append(w)
-            if not gated or i == L - 1:
+            if not self._gate_at(i):
                 continue
             g = float(torch.sigmoid(m.elastic.gate_logit(i, x, w)))
             flops += m.elastic.gate_flops
@@ -676,88 +686,118 @@ class ElasticRunner:
 
     def _step_rows(self, tok: torch.Tensor) -> torch.Tensor:
         """Batched adaptive step: the same decisions and logits as batch-1 `step` for every row
-        (tests). While the live rows share one width (always, until an expansion), a layer runs
-        its attention on every row, exited rows reading their frozen exit state, which is their
-        copy-forward K/V, so no cache is gathered; its MLP runs on the live rows only. The query
-        and attention of exited rows are wasted work there that the FLOPs accounting (batch-1's,
-        per token) does not charge. Rows of a second width (expanded ones) run through row views
-        of the caches. Stats get one entry per row."""
-        if self.parts:
-            return self._step_parts(tok)
+        (tests). Each layer runs its attention on every row at the shared width w_a
+        (`_plan_rows`; rows of narrower widths masked down to theirs), exited rows reading their
+        frozen exit state, which is their copy-forward K/V, so no cache is gathered; rows wider
+        than w_a and expanded rows are recomputed on top as small groups through row views of
+        the caches. The MLP runs on the live rows only. The wasted work (exited rows' queries
+        and attention, narrow rows masked at w_a) is not charged: the FLOPs are batch-1's per
+        token. Stats get one entry per row."""
         m, pol, L, B, d = self.model, self.policy, self.L, self.batch, self.cfg.d_model
         self.pos += 1
         ctx = self.pos
         x = m.embed(tok)
         dev = tok.device
-        w0 = self.row_widths[0]  # a runner without parts decodes one width (expansion aside)
+        w_a, row_w = self.w_a, self.row_w
         live = torch.ones(B, dtype=torch.bool, device=dev)
         expanded = torch.zeros(B, dtype=torch.bool, device=dev)
         exit_at = torch.full((B,), L - 1, device=dev)
         ran_narrow = torch.full((B,), L, device=dev)  # layers run before an expansion to full width
-        flops = torch.zeros(B, dtype=torch.float64, device=dev)
         thr_exit = 2.0 if pol.exit_threshold is None else pol.exit_threshold  # 2: never
         thr_expand = -1.0 if pol.expand_threshold is None else pol.expand_threshold  # -1: never
+        can_grow = row_w < 1.0
         any_expanded = False
         for i, block in enumerate(m.blocks):
-            flops += (~live) * self._copy_forward_flops(i)
-            if not any_expanded:  # one width: attention on every row, the rest on live rows
-                a = block.mixer(block.norm1(x), RowView(self.state[i], None), w0)
-                if bool(live.all()):
-                    h = x + a
-                    x = h + block.mlp(block.norm2(h), w0)
-                else:
-                    rows = live.nonzero().flatten()
-                    h = x[rows] + a[rows]
-                    x = x.index_copy(0, rows, h + block.mlp(block.norm2(h), w0))
-                flops += live * self._layer_flops(i, w0, ctx)
-            else:  # two widths: row views of the cache, exited rows copy forward
-                dead = (~live).nonzero().flatten()
-                if len(dead):
-                    self._copy_forward(i, x[dead], dead)
-                for w, sel in ((w0, live & ~expanded), (1.0, live & expanded)):
-                    rows = sel.nonzero().flatten()
-                    if len(rows):
-                        x = x.index_copy(0, rows, block(x[rows], RowView(self.state[i], rows), w))
-                    flops += sel * self._layer_flops(i, w, ctx)
-            self.state[i].advance(1)
-            if i == L - 1:
+            cache = self.state[i]
+            xn = block.norm1(x)
+            mask_h = self.masks_a[0][i] if self.masks_a else None
+            a = block.mixer(xn, RowView(cache, None), w_a, mask_h)  # every row, no gather
+            groups = [(w, live & sel & ~expanded) for w, sel in self.wide]
+            if any_expanded:
+                groups.append((1.0, live & expanded))
+            groups = [(w, sel.nonzero().flatten()) for w, sel in groups]
+            groups = [(w, rows) for w, rows in groups if len(rows)]
+            for w, rows in groups:  # wider rows: their own width, their rows' caches
+                a = a.index_copy(0, rows, block.mixer(xn[rows], RowView(cache, rows), w))
+            h = x + a
+            in_a = live & self.in_a & ~expanded
+            mask_u = self.masks_a[1][i] if self.masks_a else None
+            if not groups and bool(in_a.all()):
+                x = h + block.mlp(block.norm2(h), w_a, mask_u)
+            else:
+                rows = in_a.nonzero().flatten()
+                if len(rows):
+                    hr = h[rows]
+                    mu = mask_u[rows] if mask_u is not None else None
+                    x = x.index_copy(0, rows, hr + block.mlp(block.norm2(hr), w_a, mu))
+                for w, rows in groups:
+                    hr = h[rows]
+                    x = x.index_copy(0, rows, hr + block.mlp(block.norm2(hr), w))
+            cache.advance(1)
+            if not self._gate_at(i):
                 continue
-            g = torch.sigmoid(m.elastic.gate_logit(i, x, w0))[:, -1]  # every row: cheaper than a gather
-            if any_expanded:  # expanded rows ran this layer at full width: the full-width gate
-                g = torch.where(expanded, torch.sigmoid(m.elastic.gate_logit(i, x, 1.0))[:, -1], g)
-            flops += live * m.elastic.gate_flops
+            g = torch.sigmoid(m.elastic.gate_logit(i, x, w_a))[:, -1]  # every row: cheaper than a gather
+            others = [(w, live & sel & ~expanded) for w, sel in self.other_widths] + [(1.0, live & expanded)]
+            for w, sel in others:  # rows at another width read that width's gate
+                rows = sel.nonzero().flatten()
+                if len(rows):
+                    g = g.index_copy(0, rows, torch.sigmoid(m.elastic.gate_logit(i, x[rows], w))[:, -1])
             go = live & (g > thr_exit)
             exit_at = torch.where(go, i, exit_at)
-            grow = live & ~go & (g < thr_expand) & ~expanded
+            grow = live & ~go & (g < thr_expand) & ~expanded & can_grow
             live = live & ~go
-            if i + 1 >= L - self.ecfg.expand_layers and w0 < 1.0 and bool(grow.any()):
+            if i + 1 >= L - self.ecfg.expand_layers and bool(grow.any()):
                 expanded = expanded | grow
                 ran_narrow = torch.where(grow, i + 1, ran_narrow)
                 any_expanded = True
             if not bool(live.any()):
                 for j in range(i + 1, L):  # everyone exited: only copy-forward K/V remains
                     self._copy_forward(j, x, None)
-                    flops += self._copy_forward_flops(j)
                 break
         logits = m.head(m.norm(x[:, -1]))
         head_flops = 2 * d * self.cfg.vocab_size
         full = self._full_flops(ctx)
         s = self.stats
+        cost: dict = {}
+        for rw, e, k in zip(self.row_widths, exit_at.tolist(), ran_narrow.tolist()):
+            if (rw, e, k) not in cost:
+                cost[rw, e, k] = self._row_flops(rw, e, k, ctx) + head_flops
+            s.flops.append(cost[rw, e, k])
+            # layers before an expansion ran at the row's width, the rest at full width
+            s.widths.append([rw] * min(k, e + 1) + [1.0] * max(0, e + 1 - k))
         s.head_flops += [head_flops] * B
-        s.flops += (flops + head_flops).tolist()
         s.full_flops += [full] * B
         s.exit_layer += exit_at.tolist()
         s.expanded += expanded.tolist()
-        for k, e in zip(ran_narrow.tolist(), exit_at.tolist()):
-            # layers before an expansion ran at the row's width, the rest at full width
-            s.widths.append([w0] * min(k, e + 1) + [1.0] * max(0, e + 1 - k))
         return logits
+
+    def _gate_at(self, i: int) -> bool:
+        """Is the gate read after layer i: with exits after every layer but the last, with
+        expansion only where it can still act (the layer before each of the last
+        `expand_layers`), else never; an unread gate costs nothing."""
+        pol, L = self.policy, self.L
+        if i >= L - 1:
+            return False
+        if pol.exit_threshold is not None:
+            return True
+        return pol.expand_threshold is not None and i + 1 >= L - self.ecfg.expand_layers
+
+    def _row_flops(self, rw: float, e: int, k: int, ctx: int) -> float:
+        """Batch-1's FLOPs for a row of width rw that exited after layer e (L-1: never) and ran
+        full width from layer k on (L: never expanded), the LM head left out."""
+        f = 0.0
+        for i in range(self.L):
+            n = self._stored_heads(i, rw)
+            if i > e:
+                f += self._copy_forward_flops(i, n)
+                continue
+            f += self._layer_flops(i, rw if i < k else 1.0, ctx, n)
+            if self._gate_at(i):
+                f += self.model.elastic.gate_flops
+        return f
 
     def kv_bytes(self) -> tuple[int, int]:
         """(bytes held by the Matryoshka caches, bytes a full-width cache would hold)."""
-        if getattr(self, "parts", None):
-            sizes = [sub.kv_bytes() for _, sub in self.parts]
-            return sum(a for a, _ in sizes), sum(b for _, b in sizes)
         caches = [c for c in self.state if isinstance(c, MatryoshkaKVCache)]
         return sum(c.nbytes() for c in caches), sum(c.full_nbytes() for c in caches)
 

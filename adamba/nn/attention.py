@@ -92,9 +92,18 @@ class Attention(nn.Module):
         hq = min(self.n_head, max(1, round(width * self.n_head)))
         return hq, -(-hq // group)
 
-    def forward(self, x: torch.Tensor, state: KVState | None = None, width: float = 1.0) -> torch.Tensor:
-        if width < 1.0:
-            return self._forward_narrow(x, state, width)
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: KVState | None = None,
+        width: float = 1.0,
+        row_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """row_mask: [B, heads at this width, 1, 1] of 0/1, zeroing a row's heads past its own
+        (narrower) width before the output projection, so rows of several widths share one
+        pass (batched auto decoding)."""
+        if width < 1.0 or row_mask is not None:
+            return self._forward_narrow(x, state, width, row_mask)
         B, T, _ = x.shape
         q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -117,7 +126,9 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
-    def _forward_narrow(self, x: torch.Tensor, state, width: float) -> torch.Tensor:
+    def _forward_narrow(
+        self, x: torch.Tensor, state, width: float, row_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attention over the first heads only, with weight views (no copies). A cache may ask
         for K/V of more heads than this width reads (it stores the widest width seen so far)."""
         B, T, _ = x.shape
@@ -152,4 +163,6 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        if row_mask is not None:  # a row of a narrower width: its heads past that width give 0
+            y = y * row_mask
         return F.linear(y.transpose(1, 2).reshape(B, T, hq * hd), self.o_proj.weight[:, : hq * hd])

@@ -21,14 +21,20 @@ class MLP(nn.Module):
         """Hidden units kept at a Matryoshka width: the first round(w * hidden), at least 1."""
         return self.hidden if width >= 1.0 else min(self.hidden, max(1, round(width * self.hidden)))
 
-    def forward(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
-        if width < 1.0:  # first n hidden units through weight views; width 1 is the plain path
+    def forward(
+        self, x: torch.Tensor, width: float = 1.0, row_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """row_mask: [B, 1, units at this width] of 0/1, zeroing a row's units past its own
+        (narrower) width, so rows of several widths share one pass (batched auto decoding)."""
+        if width < 1.0 or row_mask is not None:  # first n hidden units through weight views
             n = self.units_at(width)
             up = F.linear(x, self.w_up.weight[:n])
             if self.act == "swiglu":
                 h = F.silu(F.linear(x, self.w_gate.weight[:n])) * up
             else:
                 h = F.relu(up).square()
+            if row_mask is not None:
+                h = h * row_mask
             return F.linear(h, self.w_down.weight[:, :n])
         if self.act == "swiglu":
             h = F.silu(self.w_gate(x)) * self.w_up(x)
