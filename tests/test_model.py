@@ -3,6 +3,7 @@ import torch
 
 from adamba.config import ModelConfig
 from adamba.model.lm import LM
+from adamba.nn.attention import single_query_attention, single_query_pays
 from adamba.nn.hf_twins import hf_llama
 
 
@@ -17,13 +18,33 @@ def tiny(**kw) -> ModelConfig:
 )
 def test_prefill_then_decode_equals_full_forward(kw):
     torch.manual_seed(0)
-    model = LM(tiny(**kw)).eval()
-    x = torch.randint(0, 97, (2, 23))
+    assert_decode_equals_forward(LM(tiny(**kw)).eval(), torch.randint(0, 97, (2, 23)), prompt=10)
+
+
+def assert_decode_equals_forward(model: LM, x: torch.Tensor, prompt: int) -> None:
+    """Prefill `prompt` tokens, decode the rest one at a time: the logits of the full forward."""
     full, _ = model(x)
-    state = model.init_state(2)
-    outs = [model(x[:, :10], state=state)[0]]
-    outs += [model(x[:, t : t + 1], state=state)[0] for t in range(10, 23)]
+    state = model.init_state(x.shape[0])
+    outs = [model(x[:, :prompt], state=state)[0]]
+    outs += [model(x[:, t : t + 1], state=state)[0] for t in range(prompt, x.shape[1])]
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_single_query_attention_equals_sdpa_and_serves_batched_decode():
+    """The grouped-matmul path for one query per row (CPU batched decoding) gives SDPA's GQA
+    result, is taken for a large batch of grouped heads only, and a 32-row decode through it
+    (plain and sliding window) still equals the full forward."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(32, 8, 1, 16), torch.randn(32, 2, 11, 16), torch.randn(32, 2, 11, 16)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(single_query_attention(q, k, v), ref, atol=1e-6, rtol=1e-5)
+    assert single_query_pays(q, k)
+    assert not single_query_pays(q[:2], k[:2])  # a small batch: SDPA
+    assert not single_query_pays(q[:, :2], k)  # one query head per KV head: SDPA
+    assert not single_query_pays(q.bfloat16(), k.bfloat16())
+    for kw in ({}, {"window": 5}):
+        model = LM(tiny(n_head=8, n_kv_head=2, **kw)).eval()
+        assert_decode_equals_forward(model, torch.randint(0, 97, (32, 16)), prompt=6)
 
 
 def test_causal_and_ignore_index():

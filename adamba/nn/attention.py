@@ -49,6 +49,25 @@ class KVState:
         return 2 * per * self.length
 
 
+def single_query_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Is `single_query_attention` the faster path: float32 on a CPU, GQA groups of 2+ query
+    heads, and at least 64 (row, query head) pairs. Measured (torch 2.13 CPU, 1 thread, head_dim
+    16-64, 80 keys): 1.4-2.4x faster than SDPA from 32 rows of 4-8 heads; slower below ~8 rows
+    and for one query head per KV head, where SDPA stays."""
+    B, H = q.shape[:2]
+    return q.device.type == "cpu" and q.dtype == torch.float32 and H > k.shape[1] and B * H >= 64
+
+
+def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for one query per row ([B, H, 1, d] against [B, H_kv, S, d], no
+    mask: every cached key is in the past): each KV head's group of query heads is the M
+    dimension of one matmul, so K/V are read once per group and never repeated."""
+    B, H, _, d = q.shape
+    Hk = k.shape[1]
+    s = torch.matmul(q.reshape(B, Hk, H // Hk, d), k.transpose(-1, -2)) * d**-0.5
+    return torch.matmul(s.softmax(-1), v).reshape(B, H, 1, d)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
@@ -80,6 +99,21 @@ class Attention(nn.Module):
         if self.window > 0:
             mask = mask & (k_pos > q_pos - self.window)
         return mask
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal attention of T queries at the end of S keys (GQA: query head i reads KV head
+        i // (heads / kv_heads)). One query per row on a CPU, where SDPA's kernel is slow for
+        many (row, KV head) pairs, takes grouped matmuls instead (`single_query_attention`)."""
+        T, S = q.shape[2], k.shape[2]
+        if T == 1 and single_query_pays(q, k):
+            if 0 < self.window < S:  # the window: the last `window` keys
+                k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+            return single_query_attention(q, k, v)
+        mask = self._mask(T, S, q.device)
+        gqa = q.shape[1] != k.shape[1]
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
     def heads_at(self, width: float) -> tuple[int, int]:
         """(query heads, KV heads) kept at a Matryoshka width: the first round(w * n_head) query
@@ -117,13 +151,7 @@ class Attention(nn.Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         if state is not None:
             k, v = state.append(k, v)
-        S = k.shape[2]
-        mask = self._mask(T, S, x.device)
-        gqa = self.n_head != self.n_kv_head
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = self._attend(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
     def _forward_narrow(
@@ -157,12 +185,7 @@ class Attention(nn.Module):
         if hkv > 1 and hq != hkv * group:  # a partial last group: SDPA's i // (hq/hkv) map is wrong
             k = k.repeat_interleave(group, dim=1)[:, :hq]
             v = v.repeat_interleave(group, dim=1)[:, :hq]
-        gqa = k.shape[1] != hq
-        mask = self._mask(T, k.shape[2], x.device)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        y = self._attend(q, k, v)
         if row_mask is not None:  # a row of a narrower width: its heads past that width give 0
             y = y * row_mask
         return F.linear(y.transpose(1, 2).reshape(B, T, hq * hd), self.o_proj.weight[:, : hq * hd])
