@@ -302,6 +302,34 @@ def test_gate_and_predictor_do_not_move_lm_weights():
     assert a > b  # the head terms were there
 
 
+def test_head_settings_leave_the_lm_bit_identical(data, tmp_path):
+    """The gate and predictor clip their gradients on their own norm: runs that differ only in
+    the heads' loss weights and the predictor's tolerance train the same LM, bit for bit, with
+    the clip active at every step (a shared norm would let the heads shrink the LM's steps)."""
+    from adamba.serve.generate import load_model
+    from adamba.train import trainer
+
+    models = []
+    for name, extra in (
+        ("a", ["elastic.predictor_tol=0.01", "elastic.predictor_tol_nats=false"]),
+        ("b", ["elastic.predictor_weight=5.0", "elastic.gate_weight=5.0"]),
+    ):
+        over = elastic_overrides(data, tmp_path / name, steps=4) + ["train.grad_clip=0.01"] + extra
+        res = trainer.run(load_config("tiny-cpu", over))
+        models.append(load_model(tmp_path / name)[0].state_dict())
+        assert all(r["grad_norm"] > 0.01 for r in read_rows(tmp_path / name))  # clipped every step
+    lm = [k for k in models[0] if not k.startswith("elastic.")]
+    assert lm and all(torch.equal(models[0][k], models[1][k]) for k in lm)
+    assert not all(torch.equal(models[0][k], models[1][k]) for k in models[0] if k.startswith("elastic."))
+    assert res.steps == 4
+
+
+def read_rows(run_dir):
+    from adamba.train.monitor import read_metrics
+
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "grad_norm" in r]
+
+
 def test_elastic_training_resume_is_exact(data, tmp_path, monkeypatch):
     from adamba.data.loader import TokenLoader
     from adamba.train import checkpoint as ck

@@ -173,6 +173,11 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             state["gate_calibration_loss"] = gate_loss
         ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
 
+    # the gate/predictor heads learn from detached inputs; a shared clip norm would still let
+    # their gradients (and so settings like elastic.predictor_tol) shrink the LM's update
+    head_params = list(model.elastic.parameters()) if hasattr(model, "elastic") else []
+    heads = {id(p) for p in head_params}
+    lm_params = [p for p in model.parameters() if id(p) not in heads]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum
     t0 = time.time()
     t_calib = None
@@ -206,9 +211,10 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                         lm_loss = loss
                 (loss / cfg.train.grad_accum).backward()
                 loss_acc += float(lm_loss.detach()) / cfg.train.grad_accum  # logged: full-width LM loss
-            gnorm = float(
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
-            )
+            clip = cfg.train.grad_clip or float("inf")
+            gnorm = float(torch.nn.utils.clip_grad_norm_(lm_params, clip))
+            if head_params:  # the elastic heads clip on their own norm, so they never scale the LM's step
+                torch.nn.utils.clip_grad_norm_(head_params, clip)
             if not (math.isfinite(loss_acc) and math.isfinite(gnorm)):
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
