@@ -389,10 +389,23 @@ def margin_over_line(rows: dict, name: str) -> float:
     return line - y
 
 
-def speed_scaling(d_models: list[int], n_layer: int, tokens: int, prompt: int) -> list[dict]:
+def speed_scaling(
+    d_models: list[int],
+    n_layer: int,
+    tokens: int,
+    prompt: int,
+    device: str = "cpu",
+    batch: int = 1,
+    dtype: str = "float32",
+    head_dim: int = 0,
+    vocab: int = 1024,
+) -> list[dict]:
     """Decode tokens/s of ghost vs think as the model widens (random weights: speed does not
     depend on training). Shows where width slicing starts to pay on a CPU, where a small
-    model's per-token time is Python and dispatch overhead rather than matmul work."""
+    model's per-token time is Python and dispatch overhead rather than matmul work, and on a
+    GPU (`device="cuda"`, a batch, bf16), where eager decoding is bound by kernel launches.
+    head_dim 0: 8 query heads at every width (2 KV heads); else d_model / head_dim heads, a
+    quarter as many KV heads."""
     from adamba.config import ModelConfig
     from adamba.model.lm import LM
 
@@ -400,32 +413,40 @@ def speed_scaling(d_models: list[int], n_layer: int, tokens: int, prompt: int) -
     out = []
     for d in d_models:
         torch.manual_seed(0)
+        n_head = d // head_dim if head_dim else 8
         mcfg = ModelConfig(
-            vocab_size=1024, d_model=d, n_layer=n_layer, n_head=8, n_kv_head=2, max_seq_len=512
+            vocab_size=vocab,
+            d_model=d,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_kv_head=max(1, n_head // 4),
+            max_seq_len=512,
         )
         ecfg = ElasticConfig(enabled=True)
         ecfg.validate()
-        model = el.attach_elastic(LM(mcfg), ecfg).eval()
-        seq = torch.randint(0, 1024, (prompt + tokens,))
-        row = {"d_model": d, "params": model.num_params()}
+        model = el.attach_elastic(LM(mcfg), ecfg).eval().to(device, getattr(torch, dtype))
+        seqs = list(torch.randint(0, vocab, (batch, prompt + tokens), device=device))
+        row = {"d_model": d, "params": model.num_params(), "device": device, "batch": batch, "dtype": dtype}
         for mode in ("ghost", "whisper", "normal", "think"):
             best = float("inf")
             for _ in range(3):
                 _, _, _, _, secs = el.teacher_forced(
-                    model, ecfg, el.mode_policy(mode, model, ecfg), [seq], prompt
+                    model, ecfg, el.mode_policy(mode, model, ecfg), seqs, prompt, batch
                 )
                 best = min(best, secs)
-            row[mode] = (tokens - 1) / best
+            row[mode] = batch * (tokens - 1) / best
         row["ghost_over_think"] = row["ghost"] / row["think"]
         print(
-            f"d_model {d:5} ({row['params'] / 1e6:5.1f}M): "
+            f"d_model {d:5} ({row['params'] / 1e6:7.1f}M): "
             + "  ".join(f"{m} {row[m]:6.0f} tok/s" for m in ("ghost", "whisper", "normal", "think"))
             + f"  ghost/think {row['ghost_over_think']:.2f}x",
             flush=True,
         )
         out.append(row)
+        del model
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "elastic-speed.json").write_text(json.dumps(out, indent=2))
+    name = "elastic-speed.json" if (device, batch) == ("cpu", 1) else f"elastic-speed-{device}-b{batch}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -930,6 +951,11 @@ def main() -> None:
     sp.add_argument("--d-models", default="128,256,512,1024")
     sp.add_argument("--layers", type=int, default=8)
     sp.add_argument("--tokens", type=int, default=64)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--batch", type=int, default=1, help="sequences decoded together")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    sp.add_argument("--head-dim", type=int, default=0, help="0: 8 heads at every width")
+    sp.add_argument("--vocab", type=int, default=1024)
     bs = sub.add_parser("batch-speed")
     bs.add_argument("--out", required=True, type=Path)
     bs.add_argument("--batches", default="1,8,32,128")
@@ -971,7 +997,17 @@ def main() -> None:
     elif args.cmd == "batch-speed":
         batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
     elif args.cmd == "speed":
-        speed_scaling([int(x) for x in args.d_models.split(",")], args.layers, args.tokens, 16)
+        speed_scaling(
+            [int(x) for x in args.d_models.split(",")],
+            args.layers,
+            args.tokens,
+            16,
+            args.device,
+            args.batch,
+            args.dtype,
+            args.head_dim,
+            args.vocab,
+        )
     elif args.cmd == "headroom":
         width_headroom(args.out, args.train_rows)
     else:

@@ -807,6 +807,12 @@ def policy_from_mode(model, ecfg: ElasticConfig, mode: str) -> Policy:
     return mode_policy(mode, model, ecfg)
 
 
+def sync(t: torch.Tensor) -> None:
+    """Wait for the device's queued work (timings on a GPU); a no-op on a CPU."""
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
 @torch.no_grad()
 def teacher_forced(
     model, ecfg: ElasticConfig, policy: Policy, seqs: list[torch.Tensor], prompt_len: int, batch: int = 1
@@ -831,8 +837,10 @@ def teacher_forced(
             step_ce.append(F.cross_entropy(logits.float(), grp[:, t], reduction="none"))
             step_pred.append(logits.argmax(-1))
             if t + 1 < n:
+                sync(grp)
                 t0 = time.perf_counter()  # decode steps only: tokens/s of generation
                 logits = r.step(grp[:, t : t + 1])
+                sync(grp)  # a GPU's queued kernels count too
                 seconds += time.perf_counter() - t0
         ces.append(torch.stack(step_ce, 1).flatten())  # [B, steps] -> row-major: sequence order
         preds.append(torch.stack(step_pred, 1).flatten())
