@@ -633,19 +633,23 @@ def test_auto_decodes_a_batch_like_one_sequence_at_a_time():
     n = T - prompt
     auto = el.Policy(None, exit_threshold=0.7, expand_threshold=0.3)
     policies = [  # auto: a predicted width per row, the narrower rows masked in one shared pass
-        (auto, 0),  # (max_wide 0) or the wider rows as their own groups (max_wide B)
-        (auto, B),
-        (el.Policy(None, exit_threshold=0.7), B),  # auto without expansion
-        (el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3), 1),  # one width
-        (el.Policy([1.0] * L, exit_threshold=0.7), 1),
+        (auto, 0, False),  # (max_wide 0) or the wider rows as their own groups (max_wide B)
+        (auto, B, False),
+        (el.Policy(None, exit_threshold=0.7), B, False),  # auto without expansion
+        (el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3), 1, False),  # one width
+        (el.Policy([1.0] * L, exit_threshold=0.7), 1, False),
+        (auto, 1, True),  # the GPUs' path: no row subsets, every row masked to its width
+        (el.Policy([0.5] * L, exit_threshold=0.7, expand_threshold=0.3), 1, True),
     ]
-    for pol, max_wide in policies:
+    for pol, max_wide, dense in policies:
         rb = el.ElasticRunner(model, ecfg, pol, batch=B)
-        rb.max_wide = max_wide
+        rb.max_wide, rb.dense = max_wide, dense
         batched = [rb.prefill(x[:, :prompt])] + [rb.step(x[:, t : t + 1]) for t in range(prompt, T)]
         if pol.widths is None:
             assert len(set(rb.row_widths)) >= 2  # rows really run at different widths
+        if pol.widths is None and not dense:
             assert (rb.masks_a is not None) if max_wide == 0 else (rb.masks_a is None and rb.wide)
+        assert (rb.dense_plan is not None) == dense
         sb = rb.stats
         for b in range(B):
             r1 = el.ElasticRunner(model, ecfg, pol)

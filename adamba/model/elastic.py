@@ -59,7 +59,8 @@ find an entry at every layer. Fixed modes (ghost / whisper / normal / think) run
 every layer and never exit. Both decode a batch of sequences together: auto runs each layer in
 one pass over every row at a shared width, rows of narrower predicted widths masked down to
 theirs, the few wider or expanded rows recomputed as small groups (attention-only models;
-`ElasticRunner._plan_rows`). `batched_exits` replays
+`ElasticRunner._plan_rows`; on a GPU `_step_dense` masks every row to its width in one pass
+instead, with no host sync inside a step). `batched_exits` replays
 exit decoding over whole sequences in n_layer batched passes (same decisions, same logits), which
 is how the benchmark scores the exit rule on a whole validation split.
 """
@@ -466,6 +467,7 @@ class ElasticRunner:
         # batched adaptive decoding (_plan_rows): shared width, wider row groups, per-row masks
         self.w_a = 1.0  # the width every row's pass runs at
         self.max_wide = max(1, batch // 16)  # at most this many rows above w_a (tests vary it)
+        self.dense: bool | None = None  # _step_dense (no row subsets) or _step_rows; None: GPUs dense
         self.row_w = self.in_a = None  # [B] row widths, rows at or below w_a
         self.masks_a = None  # per-layer row masks of heads / units, when rows below w_a exist
         self.wide: list = []  # (width, rows) above w_a, run as groups of their own
@@ -544,6 +546,7 @@ class ElasticRunner:
                 raise AdambaError("batched adaptive decoding takes one width for every layer")
             self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * self.batch
             self._plan_rows(idx.device)
+            self.dense_plan = None
             self.widths = [max(self.row_widths)] * self.L  # the prompt: one pass at the widest row's
             if len(set(self.row_widths)) > 1:  # ... narrower rows masked down to their own width
                 mask_h, mask_u = self._row_masks(self.widths[0], self.row_w)
@@ -644,7 +647,8 @@ class ElasticRunner:
         """One token per sequence [batch, 1] through the model under the policy; returns logits
         [batch, V]. Stats are per step (every sequence of a fixed-width batch costs the same)."""
         if self.rows_mode:
-            return self._step_rows(tok)
+            dense = self.dense if self.dense is not None else tok.device.type != "cpu"
+            return self._step_dense(tok) if dense else self._step_rows(tok)
         m, pol, L, d = self.model, self.policy, self.L, self.cfg.d_model
         self.pos += 1
         ctx = self.pos
@@ -693,7 +697,7 @@ class ElasticRunner:
         the caches. The MLP runs on the live rows only. The wasted work (exited rows' queries
         and attention, narrow rows masked at w_a) is not charged: the FLOPs are batch-1's per
         token. Stats get one entry per row."""
-        m, pol, L, B, d = self.model, self.policy, self.L, self.batch, self.cfg.d_model
+        m, pol, L, B = self.model, self.policy, self.L, self.batch
         self.pos += 1
         ctx = self.pos
         x = m.embed(tok)
@@ -754,8 +758,11 @@ class ElasticRunner:
                 for j in range(i + 1, L):  # everyone exited: only copy-forward K/V remains
                     self._copy_forward(j, x, None)
                 break
-        logits = m.head(m.norm(x[:, -1]))
-        head_flops = 2 * d * self.cfg.vocab_size
+        return self._finish_rows(m.head(m.norm(x[:, -1])), exit_at, ran_narrow, expanded, ctx)
+
+    def _finish_rows(self, logits, exit_at, ran_narrow, expanded, ctx: int) -> torch.Tensor:
+        """A batched adaptive step's per-row stats (batch-1's FLOPs for each row's path)."""
+        B, head_flops = self.batch, 2 * self.cfg.d_model * self.cfg.vocab_size
         full = self._full_flops(ctx)
         s = self.stats
         cost: dict = {}
@@ -770,6 +777,78 @@ class ElasticRunner:
         s.exit_layer += exit_at.tolist()
         s.expanded += expanded.tolist()
         return logits
+
+    def _dense_plan(self, device) -> dict:
+        """`_step_dense`'s tables, built once per prefill (a list copied to a GPU each step would
+        wait for its queue): per layer the width every row runs at and each current width's
+        query heads and MLP units; a row's current width is its own, or full once expanded."""
+        L, widths = self.L, self.row_widths
+        expand = self.policy.expand_threshold is not None and min(widths) < 1.0
+        ws = sorted(set(widths) | {1.0})
+        layers = []
+        for i, block in enumerate(self.model.blocks):
+            grows = expand and i >= L - self.ecfg.expand_layers
+            w = 1.0 if grows else max(widths)
+            masked = grows or len(set(widths)) > 1
+            a, mlp = block.mixer, block.mlp
+            kh = torch.tensor([min(a.heads_at(w)[0], a.heads_at(c)[0]) for c in ws], device=device)
+            ku = torch.tensor([min(mlp.units_at(w), mlp.units_at(c)) for c in ws], device=device)
+            ar_h = torch.arange(a.heads_at(w)[0], device=device)
+            ar_u = torch.arange(mlp.units_at(w), device=device)
+            layers.append((w, masked, kh, ku, ar_h, ar_u))
+        return {
+            "expand": expand,
+            "idx": torch.tensor([ws.index(w) for w in widths], device=device),
+            "full": len(ws) - 1,
+            "w_cur": torch.tensor(ws, device=device),
+            "gate_ws": sorted(set(widths) | ({1.0} if expand else set())),
+            "layers": layers,
+        }
+
+    def _step_dense(self, tok: torch.Tensor) -> torch.Tensor:
+        """`_step_rows` without row subsets, for GPUs: there a decoding step is bound by kernel
+        launches and every host sync (a row subset's size, "has anyone exited") stalls the
+        queue, so each layer runs on every row at one width (the widest row's; full width in
+        the expandable layers when expansion is on), each row masked down to its current width,
+        exited rows kept by `torch.where` (their attention pass is their copy-forward K/V), and
+        every decision stays on the device until the step's stats. Same decisions and logits
+        as batch-1 decoding up to float rounding (tests force this path on a CPU)."""
+        m, pol, L, B = self.model, self.policy, self.L, self.batch
+        self.pos += 1
+        ctx = self.pos
+        x = m.embed(tok)
+        dev, dt = tok.device, x.dtype
+        plan = self.dense_plan = getattr(self, "dense_plan", None) or self._dense_plan(dev)
+        live = torch.ones(B, dtype=torch.bool, device=dev)
+        expanded = torch.zeros(B, dtype=torch.bool, device=dev)
+        exit_at = torch.full((B,), L - 1, device=dev)
+        ran_narrow = torch.full((B,), L, device=dev)
+        can_grow = self.row_w < 1.0
+        for i, block in enumerate(m.blocks):
+            w, masked, kh, ku, ar_h, ar_u = plan["layers"][i]
+            cur = torch.where(expanded, plan["full"], plan["idx"])
+            mask_h = mask_u = None
+            if masked:
+                mask_h = (ar_h < kh[cur][:, None]).to(dt)[:, :, None, None]
+                mask_u = (ar_u < ku[cur][:, None]).to(dt)[:, None, :]
+            h = x + block.mixer(block.norm1(x), RowView(self.state[i], None), w, mask_h)
+            x = torch.where(live[:, None, None], h + block.mlp(block.norm2(h), w, mask_u), x)
+            self.state[i].advance(1)
+            if not self._gate_at(i):
+                continue
+            cw = plan["w_cur"][cur]
+            g = torch.zeros(B, device=dev)
+            for gw in plan["gate_ws"]:  # each row reads its current width's gate
+                g = torch.where(cw == gw, torch.sigmoid(m.elastic.gate_logit(i, x, gw)[:, -1]).float(), g)
+            if pol.exit_threshold is not None:
+                go = live & (g > pol.exit_threshold)
+                exit_at = torch.where(go, i, exit_at)
+                live = live & ~go
+            if plan["expand"] and i + 1 >= L - self.ecfg.expand_layers:
+                grow = live & (g < pol.expand_threshold) & ~expanded & can_grow
+                expanded = expanded | grow
+                ran_narrow = torch.where(grow, i + 1, ran_narrow)
+        return self._finish_rows(m.head(m.norm(x[:, -1])), exit_at, ran_narrow, expanded, ctx)
 
     def _gate_at(self, i: int) -> bool:
         """Is the gate read after layer i: with exits after every layer but the last, with
