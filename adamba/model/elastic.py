@@ -711,6 +711,7 @@ class ElasticRunner:
         thr_expand = -1.0 if pol.expand_threshold is None else pol.expand_threshold  # -1: never
         can_grow = row_w < 1.0
         any_expanded = False
+        all_live = True  # no row has exited yet (Python flags spare a tensor op per check)
         for i, block in enumerate(m.blocks):
             cache = self.state[i]
             xn = block.norm1(x)
@@ -724,11 +725,11 @@ class ElasticRunner:
             for w, rows in groups:  # wider rows: their own width, their rows' caches
                 a = a.index_copy(0, rows, block.mixer(xn[rows], RowView(cache, rows), w))
             h = x + a
-            in_a = live & self.in_a & ~expanded
             mask_u = self.masks_a[1][i] if self.masks_a else None
-            if not groups and bool(in_a.all()):
+            if not groups and all_live and not self.wide:
                 x = h + block.mlp(block.norm2(h), w_a, mask_u)
             else:
+                in_a = live & self.in_a & ~expanded if (self.wide or any_expanded) else live
                 rows = in_a.nonzero().flatten()
                 if len(rows):
                     hr = h[rows]
@@ -741,20 +742,25 @@ class ElasticRunner:
             if not self._gate_at(i):
                 continue
             g = torch.sigmoid(m.elastic.gate_logit(i, x, w_a))[:, -1]  # every row: cheaper than a gather
-            others = [(w, live & sel & ~expanded) for w, sel in self.other_widths] + [(1.0, live & expanded)]
+            others = [(w, live & sel & ~expanded) for w, sel in self.other_widths]
+            if any_expanded:
+                others.append((1.0, live & expanded))
             for w, sel in others:  # rows at another width read that width's gate
                 rows = sel.nonzero().flatten()
                 if len(rows):
                     g = g.index_copy(0, rows, torch.sigmoid(m.elastic.gate_logit(i, x[rows], w))[:, -1])
-            go = live & (g > thr_exit)
-            exit_at = torch.where(go, i, exit_at)
-            grow = live & ~go & (g < thr_expand) & ~expanded & can_grow
-            live = live & ~go
-            if i + 1 >= L - self.ecfg.expand_layers and bool(grow.any()):
-                expanded = expanded | grow
-                ran_narrow = torch.where(grow, i + 1, ran_narrow)
-                any_expanded = True
-            if not bool(live.any()):
+            if pol.exit_threshold is not None:
+                go = live & (g > thr_exit)
+                exit_at = torch.where(go, i, exit_at)
+                live = live & ~go
+                all_live = all_live and not bool(go.any())
+            if pol.expand_threshold is not None and i + 1 >= L - self.ecfg.expand_layers:
+                grow = live & (g < thr_expand) & ~expanded & can_grow
+                if bool(grow.any()):
+                    expanded = expanded | grow
+                    ran_narrow = torch.where(grow, i + 1, ran_narrow)
+                    any_expanded = True
+            if not all_live and not bool(live.any()):
                 for j in range(i + 1, L):  # everyone exited: only copy-forward K/V remains
                     self._copy_forward(j, x, None)
                 break
