@@ -1,6 +1,7 @@
 """The Mamba2 layer: decoding state (prefill + steps = full forward), transformers' Mamba2Mixer
 as an oracle with copied weights, inits that survive LM.reset_parameters, and a hybrid LM."""
 
+import inspect
 import math
 
 import pytest
@@ -59,6 +60,10 @@ def test_matches_transformers_mamba2_mixer(ngroups, T):
     hf = hf_mamba2_mixer(layer, cfg)
     if hf is None:
         pytest.skip("installed transformers has no Mamba2")
+    if ngroups > 1 and "group_size" not in inspect.signature(type(hf.norm).__init__).parameters:
+        # mamba-ssm normalises each group on its own; older transformers normalised all groups
+        # at once (huggingface/transformers#40861), so it is no oracle for ngroups > 1
+        pytest.skip("installed transformers' Mamba2 gated norm ignores n_groups")
     x = torch.randn(2, T, 64)
     with torch.no_grad():
         ours, theirs = layer(x), hf(x)
