@@ -213,9 +213,9 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 loss_acc += float(lm_loss.detach()) / cfg.train.grad_accum  # logged: full-width LM loss
             clip = cfg.train.grad_clip or float("inf")
             gnorm = float(torch.nn.utils.clip_grad_norm_(lm_params, clip))
-            if head_params:  # the elastic heads clip on their own norm, so they never scale the LM's step
-                torch.nn.utils.clip_grad_norm_(head_params, clip)
-            if not (math.isfinite(loss_acc) and math.isfinite(gnorm)):
+            # the elastic heads clip on their own norm, so they never scale the LM's step
+            hnorm = float(torch.nn.utils.clip_grad_norm_(head_params, clip)) if head_params else 0.0
+            if not (math.isfinite(loss_acc) and math.isfinite(gnorm) and math.isfinite(hnorm)):
                 optimizer.zero_grad(set_to_none=True)
                 bad_steps += 1
                 display.print(
