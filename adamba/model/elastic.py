@@ -470,6 +470,7 @@ class ElasticRunner:
         self.dense: bool | None = None  # _step_dense (no row subsets) or _step_rows; None: GPUs dense
         self.row_w = self.in_a = None  # [B] row widths, rows at or below w_a
         self.masks_a = None  # per-layer row masks of heads / units, when rows below w_a exist
+        self.dense_plan: dict | None = None  # _step_dense's tables, built at its first step
         self.wide: list = []  # (width, rows) above w_a, run as groups of their own
         self.other_widths: list = []  # (width, rows) not at w_a: they read their width's gate
         self.L = len(model.blocks)
@@ -546,10 +547,10 @@ class ElasticRunner:
                 raise AdambaError("batched adaptive decoding takes one width for every layer")
             self.row_widths = self.choose_width(idx) if pol.widths is None else [pol.widths[0]] * self.batch
             self._plan_rows(idx.device)
-            self.dense_plan = None
+            self.dense_plan = None  # rebuilt for these rows at the first dense step
             self.widths = [max(self.row_widths)] * self.L  # the prompt: one pass at the widest row's
             if len(set(self.row_widths)) > 1:  # ... narrower rows masked down to their own width
-                mask_h, mask_u = self._row_masks(self.widths[0], self.row_w)
+                mask_h, mask_u = self._row_masks(self.widths[0])
         else:
             self.widths = [self.choose_width(idx)[0]] * self.L if pol.widths is None else list(pol.widths)
         self.state = self._new_state()
@@ -573,25 +574,30 @@ class ElasticRunner:
         ws = sorted(set(self.row_widths))
         self.w_a = next(w for w in ws if sum(r > w for r in self.row_widths) <= self.max_wide)
         self.row_w = torch.tensor(self.row_widths, device=device)
-        self.masks_a = self._row_masks(self.w_a, self.row_w) if ws[0] < self.w_a else None
+        self.masks_a = self._row_masks(self.w_a) if ws[0] < self.w_a else None
         self.wide = [(w, self.row_w == w) for w in ws if w > self.w_a]
         self.in_a = self.row_w <= self.w_a
         self.other_widths = [(w, self.row_w == w) for w in ws if w != self.w_a]
 
-    def _row_masks(self, w: float, cur: torch.Tensor) -> tuple[list, list]:
-        """Per layer, 0/1 multipliers for a pass at width w that keep each row's query heads
-        [B, hq, 1, 1] and MLP units [B, 1, n] of its own width `cur` (rows at or above w keep
-        all of w's)."""
+    def _width_masks(self, i: int, w: float, ws: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's 0/1 multipliers for a pass at width w, one per row width in ws: query heads
+        [len(ws), hq, 1, 1] and MLP units [len(ws), 1, n] that keep a row of width ws[j] to its
+        own (rows at or above w keep all of w's). Index them by each row's width."""
         p = next(self.model.parameters())
-        heads, units = [], []
-        for block in self.model.blocks:
-            a, mlp = block.mixer, block.mlp
-            hq, n = a.heads_at(w)[0], mlp.units_at(w)
-            kh = torch.tensor([a.heads_at(c)[0] for c in cur.tolist()], device=p.device)
-            ku = torch.tensor([mlp.units_at(c) for c in cur.tolist()], device=p.device)
-            heads.append((torch.arange(hq, device=p.device) < kh[:, None]).to(p.dtype)[:, :, None, None])
-            units.append((torch.arange(n, device=p.device) < ku[:, None]).to(p.dtype)[:, None, :])
-        return heads, units
+        a, mlp = self.model.blocks[i].mixer, self.model.blocks[i].mlp
+        hq, n = a.heads_at(w)[0], mlp.units_at(w)
+        kh = torch.tensor([a.heads_at(c)[0] for c in ws], device=p.device)
+        ku = torch.tensor([mlp.units_at(c) for c in ws], device=p.device)
+        heads = (torch.arange(hq, device=p.device) < kh[:, None]).to(p.dtype)[:, :, None, None]
+        return heads, (torch.arange(n, device=p.device) < ku[:, None]).to(p.dtype)[:, None, :]
+
+    def _row_masks(self, w: float) -> tuple[list, list]:
+        """Per layer, the rows' masks (`_width_masks`) for a pass at width w: [B, hq, 1, 1] and
+        [B, 1, n]."""
+        ws = sorted(set(self.row_widths))
+        idx = torch.tensor([ws.index(r) for r in self.row_widths], device=self.row_w.device)
+        tables = [self._width_masks(i, w, ws) for i in range(self.L)]
+        return [h[idx] for h, _ in tables], [u[idx] for _, u in tables]
 
     def choose_width(self, idx: torch.Tensor) -> list[float]:
         """The LayerDimPredictor's pick for each prompt row: the smallest width whose predicted
@@ -792,16 +798,11 @@ class ElasticRunner:
         expand = self.policy.expand_threshold is not None and min(widths) < 1.0
         ws = sorted(set(widths) | {1.0})
         layers = []
-        for i, block in enumerate(self.model.blocks):
+        for i in range(L):
             grows = expand and i >= L - self.ecfg.expand_layers
             w = 1.0 if grows else max(widths)
-            masked = grows or len(set(widths)) > 1
-            a, mlp = block.mixer, block.mlp
-            kh = torch.tensor([min(a.heads_at(w)[0], a.heads_at(c)[0]) for c in ws], device=device)
-            ku = torch.tensor([min(mlp.units_at(w), mlp.units_at(c)) for c in ws], device=device)
-            ar_h = torch.arange(a.heads_at(w)[0], device=device)
-            ar_u = torch.arange(mlp.units_at(w), device=device)
-            layers.append((w, masked, kh, ku, ar_h, ar_u))
+            masks = self._width_masks(i, w, ws) if grows or len(set(widths)) > 1 else None
+            layers.append((w, masks))
         return {
             "expand": expand,
             "idx": torch.tensor([ws.index(w) for w in widths], device=device),
@@ -823,20 +824,17 @@ class ElasticRunner:
         self.pos += 1
         ctx = self.pos
         x = m.embed(tok)
-        dev, dt = tok.device, x.dtype
-        plan = self.dense_plan = getattr(self, "dense_plan", None) or self._dense_plan(dev)
+        dev = tok.device
+        plan = self.dense_plan = self.dense_plan or self._dense_plan(dev)
         live = torch.ones(B, dtype=torch.bool, device=dev)
         expanded = torch.zeros(B, dtype=torch.bool, device=dev)
         exit_at = torch.full((B,), L - 1, device=dev)
         ran_narrow = torch.full((B,), L, device=dev)
         can_grow = self.row_w < 1.0
         for i, block in enumerate(m.blocks):
-            w, masked, kh, ku, ar_h, ar_u = plan["layers"][i]
+            w, masks = plan["layers"][i]
             cur = torch.where(expanded, plan["full"], plan["idx"])
-            mask_h = mask_u = None
-            if masked:
-                mask_h = (ar_h < kh[cur][:, None]).to(dt)[:, :, None, None]
-                mask_u = (ar_u < ku[cur][:, None]).to(dt)[:, None, :]
+            mask_h, mask_u = (masks[0][cur], masks[1][cur]) if masks else (None, None)
             h = x + block.mixer(block.norm1(x), RowView(self.state[i], None), w, mask_h)
             x = torch.where(live[:, None, None], h + block.mlp(block.norm2(h), w, mask_u), x)
             self.state[i].advance(1)
