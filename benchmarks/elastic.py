@@ -4,6 +4,7 @@
     python benchmarks/elastic.py prepare --quickstart runs/quickstart --out runs/el-qs   # stdlib corpus
     python benchmarks/elastic.py train --out runs/el-ts --steps 400 --set elastic.exit_loss_weight=0.1
     python benchmarks/elastic.py measure --out runs/el-ts          # table, JSON, PNG
+    python benchmarks/elastic.py train --out runs/el-ts256 --d-model 256   # the same at d256
     python benchmarks/elastic.py speed                             # ghost vs think decode speed vs width
     python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
     python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
@@ -78,7 +79,12 @@ ELASTIC = [
     "elastic.expand_train=0.25",
     "elastic.gate_per_width=true",
 ]
-HALF = ["model.n_head=4", "model.n_kv_head=1", "model.head_dim=16", "model.mlp_ratio=2.0"]
+
+
+def half_shape(d_model: int) -> list[str]:
+    """The dense peer shaped like the elastic model's half-width sub-network: half the query
+    heads (4 of 8, one KV head), the same head size, half the MLP units."""
+    return ["model.n_head=4", "model.n_kv_head=1", f"model.head_dim={d_model // 8}", "model.mlp_ratio=2.0"]
 
 
 def link_quickstart(qs: Path, out: Path) -> None:
@@ -122,10 +128,13 @@ def data_overrides(out: Path) -> list[str]:
     ]
 
 
-def train_one(out: Path, name: str, steps: int, extra: list[str]) -> None:
+def train_one(
+    out: Path, name: str, steps: int, extra: list[str], d_model: int = 128, lr: float = 3e-3
+) -> None:
     from adamba.train.trainer import run
 
-    over = BASE + data_overrides(out) + {"elastic": ELASTIC, "dense": [], "half": HALF}[name]
+    peer = {"elastic": ELASTIC, "dense": [], "half": half_shape(d_model)}[name]
+    over = BASE + [f"model.d_model={d_model}", f"train.lr={lr}"] + data_overrides(out) + peer  # 8 heads
     over += (extra if name == "elastic" else []) + [f"train.max_steps={steps}", f"run.out_dir={out / name}"]
     res = run(load_config("tiny-cpu", over))
     print(f"{name}: {res.steps} steps, {res.tokens_seen:,} tokens, val {res.val}, {res.elapsed_s:.0f}s")
@@ -399,13 +408,16 @@ def speed_scaling(
     dtype: str = "float32",
     head_dim: int = 0,
     vocab: int = 1024,
+    kv_heads: int = 0,
 ) -> list[dict]:
     """Decode tokens/s of ghost vs think as the model widens (random weights: speed does not
     depend on training). Shows where width slicing starts to pay on a CPU, where a small
     model's per-token time is Python and dispatch overhead rather than matmul work, and on a
     GPU (`device="cuda"`, a batch, bf16), where eager decoding is bound by kernel launches.
     head_dim 0: 8 query heads at every width (2 KV heads); else d_model / head_dim heads, a
-    quarter as many KV heads."""
+    quarter as many KV heads. kv_heads > 0 sets the KV heads instead: a narrow width reads the
+    KV heads its query heads need, so with few KV heads ghost still reads a large part of the
+    cache (what bounds batched decoding at long contexts)."""
     from adamba.config import ModelConfig
     from adamba.model.lm import LM
 
@@ -419,14 +431,22 @@ def speed_scaling(
             d_model=d,
             n_layer=n_layer,
             n_head=n_head,
-            n_kv_head=max(1, n_head // 4),
+            n_kv_head=kv_heads or max(1, n_head // 4),
             max_seq_len=512,
         )
         ecfg = ElasticConfig(enabled=True)
         ecfg.validate()
         model = el.attach_elastic(LM(mcfg), ecfg).eval().to(device, getattr(torch, dtype))
         seqs = list(torch.randint(0, vocab, (batch, prompt + tokens), device=device))
-        row = {"d_model": d, "params": model.num_params(), "device": device, "batch": batch, "dtype": dtype}
+        row = {
+            "d_model": d,
+            "params": model.num_params(),
+            "device": device,
+            "batch": batch,
+            "dtype": dtype,
+            "n_kv_head": mcfg.n_kv_head,
+            "tokens": tokens,
+        }
         for mode in ("ghost", "whisper", "normal", "think"):
             best = float("inf")
             for _ in range(3):
@@ -445,7 +465,9 @@ def speed_scaling(
         out.append(row)
         del model
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "elastic-speed.json" if (device, batch) == ("cpu", 1) else f"elastic-speed-{device}-b{batch}.json"
+    name = "elastic-speed.json" if (device, batch) == ("cpu", 1) else f"elastic-speed-{device}-b{batch}"
+    if name != "elastic-speed.json":
+        name += (f"-t{tokens}" if tokens != 64 else "") + (f"-kv{kv_heads}" if kv_heads else "") + ".json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))
     return out
 
@@ -494,7 +516,8 @@ def batch_speed(out: Path, batches: list[int], tokens: int, prompt: int, rounds:
             flush=True,
         )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"elastic-batch-speed-{out.name.removeprefix('el-')}.json").write_text(
+    suffix = "" if tokens == 32 else f"-t{tokens}"  # longer decodes: more KV read per step
+    (RESULTS / f"elastic-batch-speed-{out.name.removeprefix('el-')}{suffix}.json").write_text(
         json.dumps(res, indent=2)
     )
     return res
@@ -941,6 +964,8 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--only", choices=["elastic", "dense", "half"], action="append")
     t.add_argument("--set", action="append", default=[], help="extra overrides for the elastic model")
+    t.add_argument("--d-model", type=int, default=128, help="width of all three models (8 heads)")
+    t.add_argument("--lr", type=float, default=3e-3, help="learning rate of all three models")
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
     m.add_argument("--n-seq", type=int, default=256)
@@ -956,6 +981,7 @@ def main() -> None:
     sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     sp.add_argument("--head-dim", type=int, default=0, help="0: 8 heads at every width")
     sp.add_argument("--vocab", type=int, default=1024)
+    sp.add_argument("--kv-heads", type=int, default=0, help="0: a quarter of the query heads")
     bs = sub.add_parser("batch-speed")
     bs.add_argument("--out", required=True, type=Path)
     bs.add_argument("--batches", default="1,8,32,128")
@@ -993,7 +1019,7 @@ def main() -> None:
             prepare(args.text, args.out, args.vocab)
     elif args.cmd == "train":
         for name in args.only or ["elastic", "dense", "half"]:
-            train_one(args.out, name, args.steps, args.set)
+            train_one(args.out, name, args.steps, args.set, args.d_model, args.lr)
     elif args.cmd == "batch-speed":
         batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
     elif args.cmd == "speed":
@@ -1007,6 +1033,7 @@ def main() -> None:
             args.dtype,
             args.head_dim,
             args.vocab,
+            args.kv_heads,
         )
     elif args.cmd == "headroom":
         width_headroom(args.out, args.train_rows)
