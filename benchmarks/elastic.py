@@ -48,8 +48,7 @@ from adamba.model import elastic as el  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.99)  # exit thresholds swept
 
-BASE = [
-    "model.d_model=128",
+BASE = [  # + model.d_model and train.lr from `train --d-model --lr` (128, 3e-3)
     "model.n_layer=8",
     "model.n_head=8",
     "model.n_kv_head=2",
@@ -57,7 +56,6 @@ BASE = [
     "model.max_seq_len=128",
     "data.seq_len=128",
     "train.batch_size=16",
-    "train.lr=3e-3",
     "train.embed_lr_mult=1.0",  # as recorded in results/elastic.json (before tiny-cpu used 10)
     "train.eval_every=100",
     "train.eval_batches=8",
@@ -134,7 +132,7 @@ def train_one(
     from adamba.train.trainer import run
 
     peer = {"elastic": ELASTIC, "dense": [], "half": half_shape(d_model)}[name]
-    over = BASE + [f"model.d_model={d_model}", f"train.lr={lr}"] + data_overrides(out) + peer  # 8 heads
+    over = BASE + [f"model.d_model={d_model}", f"train.lr={lr}"] + data_overrides(out) + peer
     over += (extra if name == "elastic" else []) + [f"train.max_steps={steps}", f"run.out_dir={out / name}"]
     res = run(load_config("tiny-cpu", over))
     print(f"{name}: {res.steps} steps, {res.tokens_seen:,} tokens, val {res.val}, {res.elapsed_s:.0f}s")
@@ -465,10 +463,14 @@ def speed_scaling(
         out.append(row)
         del model
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "elastic-speed.json" if (device, batch) == ("cpu", 1) else f"elastic-speed-{device}-b{batch}"
-    if name != "elastic-speed.json":
-        name += (f"-t{tokens}" if tokens != 64 else "") + (f"-kv{kv_heads}" if kv_heads else "") + ".json"
-    (RESULTS / name).write_text(json.dumps(out, indent=2))
+    name = "elastic-speed"  # one sequence on a CPU: the historical name
+    if (device, batch) != ("cpu", 1):
+        name += (
+            f"-{device}-b{batch}"
+            + (f"-t{tokens}" if tokens != 64 else "")
+            + (f"-kv{kv_heads}" if kv_heads else "")
+        )
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2))
     return out
 
 
