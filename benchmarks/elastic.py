@@ -5,6 +5,7 @@
     python benchmarks/elastic.py train --out runs/el-ts --steps 400 --set elastic.exit_loss_weight=0.1
     python benchmarks/elastic.py measure --out runs/el-ts          # table, JSON, PNG
     python benchmarks/elastic.py train --out runs/el-ts256 --d-model 256   # the same at d256
+    python benchmarks/elastic.py lr-sweep --out runs/el-ts         # each shape at other learning rates
     python benchmarks/elastic.py speed                             # ghost vs think decode speed vs width
     python benchmarks/elastic.py seed --out runs/el-seed           # the seed's easy/hard toy task
     python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adamba.config import ElasticConfig, load_config  # noqa: E402
+from adamba.errors import AdambaError  # noqa: E402
 from adamba.model import elastic as el  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -127,19 +129,81 @@ def data_overrides(out: Path) -> list[str]:
 
 
 def train_one(
-    out: Path, name: str, steps: int, extra: list[str], d_model: int = 128, lr: float = 3e-3
+    out: Path,
+    name: str,
+    steps: int,
+    extra: list[str],
+    d_model: int = 128,
+    lr: float = 3e-3,
+    run_dir: Path | None = None,
+    resume: bool = False,
 ) -> None:
     from adamba.train.trainer import run
 
+    run_dir = run_dir or out / name
     peer = {"elastic": ELASTIC, "dense": [], "half": half_shape(d_model)}[name]
     over = BASE + [f"model.d_model={d_model}", f"train.lr={lr}"] + data_overrides(out) + peer
-    over += (extra if name == "elastic" else []) + [f"train.max_steps={steps}", f"run.out_dir={out / name}"]
-    res = run(load_config("tiny-cpu", over))
-    print(f"{name}: {res.steps} steps, {res.tokens_seen:,} tokens, val {res.val}, {res.elapsed_s:.0f}s")
+    over += (extra if name == "elastic" else []) + [f"train.max_steps={steps}", f"run.out_dir={run_dir}"]
+    res = run(load_config("tiny-cpu", over), resume=resume)
+    print(
+        f"{run_dir.name}: {res.steps} steps, {res.tokens_seen:,} tokens, val {res.val}, {res.elapsed_s:.0f}s"
+    )
+    if run_dir != out / name:
+        return
     log_path = out / "train_log.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     log[name] = {"steps": res.steps, "tokens": res.tokens_seen, "seconds": res.elapsed_s, "overrides": over}
     log_path.write_text(json.dumps(log, indent=2))
+
+
+def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int, steps: int) -> dict:
+    """Is each shape trained at a fair learning rate? Trains `names` at every rate in `lrs` on
+    out/'s data (same recipe, steps and seed as `train`; the elastic model without its gate
+    calibration, which does not touch the LM) under out/lr-sweep/<name>-lr<rate>, and scores
+    each on the whole validation split next to the models `train` left in out/ (at the rate in
+    their config). Runs already trained are only scored, so an interrupted sweep resumes."""
+    from adamba.serve.generate import load_model
+    from adamba.train.checkpoint import read_checkpoint
+
+    def done_steps(run_dir: Path) -> int | None:
+        try:
+            return int(read_checkpoint(run_dir).state.get("step", 0))
+        except AdambaError:
+            return None
+
+    torch.set_num_threads(1)
+    res: dict[str, dict] = {}
+    for name in names:
+        runs = [(None, out / name)] + [(lr, out / "lr-sweep" / f"{name}-lr{lr}") for lr in lrs]
+        for lr, run_dir in runs:
+            done = done_steps(run_dir)
+            if lr is not None and (done is None or done < steps):
+                extra = ["elastic.calibrate_steps=0"] if name == "elastic" else []
+                train_one(out, name, steps, extra, d_model, float(lr), run_dir, resume=done is not None)
+            elif done is None:
+                continue
+            model, tok, ckpt = load_model(run_dir)
+            tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
+            L = len(model.blocks)
+            widths = ckpt.cfg.elastic.widths if name == "elastic" else [1.0]
+            bpb = {
+                f"width={w:g}": val_bpb(model, out, tb, [w] * L if name == "elastic" else None)
+                for w in widths
+            }
+            row = {
+                "lr": ckpt.cfg.train.lr,
+                "d_model": model.cfg.d_model,
+                "steps": ckpt.state.get("step"),
+                "bpb": bpb,
+            }
+            res[f"{name}-lr{ckpt.cfg.train.lr:g}"] = row
+            print(
+                f"{name:8s} lr {ckpt.cfg.train.lr:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items()),
+                flush=True,
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"elastic-lr-{out.name.removeprefix('el-')}.json").write_text(json.dumps(res, indent=2))
+    return res
 
 
 def val_tokens(out: Path) -> torch.Tensor:
@@ -968,6 +1032,12 @@ def main() -> None:
     t.add_argument("--set", action="append", default=[], help="extra overrides for the elastic model")
     t.add_argument("--d-model", type=int, default=128, help="width of all three models (8 heads)")
     t.add_argument("--lr", type=float, default=3e-3, help="learning rate of all three models")
+    ls = sub.add_parser("lr-sweep")
+    ls.add_argument("--out", required=True, type=Path)
+    ls.add_argument("--only", choices=["elastic", "dense", "half"], action="append")
+    ls.add_argument("--lrs", default="1e-3,2e-3,6e-3", help="rates besides the one `train` used")
+    ls.add_argument("--d-model", type=int, default=128)
+    ls.add_argument("--steps", type=int, default=400)
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
     m.add_argument("--n-seq", type=int, default=256)
@@ -1022,6 +1092,10 @@ def main() -> None:
     elif args.cmd == "train":
         for name in args.only or ["elastic", "dense", "half"]:
             train_one(args.out, name, args.steps, args.set, args.d_model, args.lr)
+    elif args.cmd == "lr-sweep":
+        lr_sweep(
+            args.out, args.only or ["elastic", "dense", "half"], args.lrs.split(","), args.d_model, args.steps
+        )
     elif args.cmd == "batch-speed":
         batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
     elif args.cmd == "speed":
