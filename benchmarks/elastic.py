@@ -161,7 +161,8 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int, steps: i
     out/'s data (same recipe, steps and seed as `train`; the elastic model without its gate
     calibration, which does not touch the LM) under out/lr-sweep/<name>-lr<rate>, and scores
     each on the whole validation split next to the models `train` left in out/ (at the rate in
-    their config). Runs already trained are only scored, so an interrupted sweep resumes."""
+    their config). Runs already trained are only scored, so an interrupted sweep resumes; rows
+    merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up."""
     from adamba.serve.generate import load_model
     from adamba.train.checkpoint import read_checkpoint
 
@@ -172,7 +173,8 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int, steps: i
             return None
 
     torch.set_num_threads(1)
-    res: dict[str, dict] = {}
+    path = RESULTS / f"elastic-lr-{out.name.removeprefix('el-')}.json"
+    res: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}  # earlier sweeps' rows
     for name in names:
         runs = [(None, out / name)] + [(lr, out / "lr-sweep" / f"{name}-lr{lr}") for lr in lrs]
         for lr, run_dir in runs:
@@ -201,8 +203,8 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int, steps: i
                 f"{name:8s} lr {ckpt.cfg.train.lr:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items()),
                 flush=True,
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"elastic-lr-{out.name.removeprefix('el-')}.json").write_text(json.dumps(res, indent=2))
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(dict(sorted(res.items())), indent=2))
     return res
 
 
@@ -1093,8 +1095,19 @@ def main() -> None:
         for name in args.only or ["elastic", "dense", "half"]:
             train_one(args.out, name, args.steps, args.set, args.d_model, args.lr)
     elif args.cmd == "lr-sweep":
+        for x in filter(None, args.lrs.split(",")):
+            try:
+                ok = float(x) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SystemExit(f"--lrs: {x!r} is not a positive learning rate (e.g. --lrs 1e-3,2e-3)")
         lr_sweep(
-            args.out, args.only or ["elastic", "dense", "half"], args.lrs.split(","), args.d_model, args.steps
+            args.out,
+            args.only or ["elastic", "dense", "half"],
+            [x for x in args.lrs.split(",") if x],
+            args.d_model,
+            args.steps,
         )
     elif args.cmd == "batch-speed":
         batch_speed(args.out, [int(x) for x in args.batches.split(",")], args.tokens, 16)
