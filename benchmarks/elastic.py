@@ -156,22 +156,31 @@ def train_one(
     log_path.write_text(json.dumps(log, indent=2))
 
 
-def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int, steps: int) -> dict:
+def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, steps: int) -> dict:
     """Is each shape trained at a fair learning rate? Trains `names` at every rate in `lrs` on
     out/'s data (same recipe, steps and seed as `train`; the elastic model without its gate
     calibration, which does not touch the LM) under out/lr-sweep/<name>-lr<rate>, and scores
     each on the whole validation split next to the models `train` left in out/ (at the rate in
     their config). Runs already trained are only scored, so an interrupted sweep resumes; rows
-    merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up."""
+    merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up.
+    d_model None: the width of the models `train` left in out/ (else 128)."""
     from adamba.serve.generate import load_model
     from adamba.train.checkpoint import read_checkpoint
 
-    def done_steps(run_dir: Path) -> int | None:
+    def latest(run_dir: Path):
+        """The run's latest checkpoint, None if it has none."""
         try:
-            return int(read_checkpoint(run_dir).state.get("step", 0))
+            return read_checkpoint(run_dir)
         except AdambaError:
             return None
 
+    def done_steps(run_dir: Path) -> int | None:
+        ckpt = latest(run_dir)
+        return None if ckpt is None else int(ckpt.state.get("step", 0))
+
+    if d_model is None:
+        found = [c for n in ("elastic", "dense", "half") if (c := latest(out / n)) is not None]
+        d_model = found[0].cfg.model.d_model if found else 128
     torch.set_num_threads(1)
     path = RESULTS / f"elastic-lr-{out.name.removeprefix('el-')}.json"
     res: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}  # earlier sweeps' rows
@@ -1038,7 +1047,7 @@ def main() -> None:
     ls.add_argument("--out", required=True, type=Path)
     ls.add_argument("--only", choices=["elastic", "dense", "half"], action="append")
     ls.add_argument("--lrs", default="1e-3,2e-3,6e-3", help="rates besides the one `train` used")
-    ls.add_argument("--d-model", type=int, default=128)
+    ls.add_argument("--d-model", type=int, default=None, help="default: the width `train` used in --out")
     ls.add_argument("--steps", type=int, default=400)
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True, type=Path)
