@@ -196,11 +196,12 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, s
             model, tok, ckpt = load_model(run_dir)
             tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
             L = len(model.blocks)
-            widths = ckpt.cfg.elastic.widths if name == "elastic" else [1.0]
-            bpb = {
-                f"width={w:g}": val_bpb(model, out, tb, [w] * L if name == "elastic" else None)
-                for w in widths
-            }
+            runs_at = (
+                {f"width={w:g}": [w] * L for w in ckpt.cfg.elastic.widths}
+                if name == "elastic"
+                else {"width=1": None}
+            )
+            bpb = {k: val_bpb(model, out, tb, widths) for k, widths in runs_at.items()}
             row = {
                 "lr": ckpt.cfg.train.lr,
                 "d_model": model.cfg.d_model,
@@ -1104,7 +1105,8 @@ def main() -> None:
         for name in args.only or ["elastic", "dense", "half"]:
             train_one(args.out, name, args.steps, args.set, args.d_model, args.lr)
     elif args.cmd == "lr-sweep":
-        for x in filter(None, args.lrs.split(",")):
+        lrs = [x for x in args.lrs.split(",") if x]
+        for x in lrs:
             try:
                 ok = float(x) > 0
             except ValueError:
@@ -1114,7 +1116,7 @@ def main() -> None:
         lr_sweep(
             args.out,
             args.only or ["elastic", "dense", "half"],
-            [x for x in args.lrs.split(",") if x],
+            lrs,
             args.d_model,
             args.steps,
         )
