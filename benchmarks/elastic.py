@@ -11,6 +11,7 @@
     python benchmarks/elastic.py calm --out runs/el-ts             # softmax-response exit, offline
     python benchmarks/elastic.py probe --out runs/el-ts --hidden 64  # a gate fit after training
     python benchmarks/elastic.py calibrate --out runs/el-ts          # same, decoded for real
+    python benchmarks/elastic.py compile-speed --out runs/el-ts      # fixed modes, eager vs compiled
 
 `prepare` holds out the last 10% of a text (by characters, cut at a line) as validation, trains
 a byte-level BPE tokenizer on the rest and writes shards, or links a quickstart run's corpus.
@@ -601,6 +602,128 @@ def batch_speed(out: Path, batches: list[int], tokens: int, prompt: int, rounds:
     return res
 
 
+def fixed_step(model, width: float):
+    """One decode step of an attention-only model at one width, as a pure function over
+    preallocated caches (ks/vs: per layer [B, KV heads stored, capacity, head_dim]) and the
+    position `pos`, for torch.compile: ElasticRunner's caches grow and count in Python, which
+    a compiled graph would guard on at every step. The same math as the runner's narrow path."""
+    from adamba.nn.attention import single_query_attention
+
+    def step(tok: torch.Tensor, ks: list, vs: list, pos: int) -> torch.Tensor:
+        x = model.embed(tok)
+        B = tok.shape[0]
+        for blk, kc, vc in zip(model.blocks, ks, vs):
+            a = blk.mixer
+            hq, hkv = a.heads_at(width)
+            hd, n, wt = a.head_dim, kc.shape[1], a.qkv_proj.weight
+            kq, kv = a.q_dim, a.q_dim + a.kv_dim
+            xn = blk.norm1(x)
+            q = F.linear(xn, wt[: hq * hd]).view(B, 1, hq, hd).transpose(1, 2)
+            k = F.linear(xn, wt[kq : kq + n * hd]).view(B, 1, n, hd).transpose(1, 2)
+            v = F.linear(xn, wt[kv : kv + n * hd]).view(B, 1, n, hd).transpose(1, 2)
+            if a.qk_norm:
+                q = F.rms_norm(q, (hd,), a.q_norm_weight, a.eps)
+                k = F.rms_norm(k, (hd,), a.k_norm_weight, a.eps)
+            if a.rotary is not None:
+                q, k = a.rotary(q, pos), a.rotary(k, pos)
+            kc[:, :, pos : pos + 1] = k
+            vc[:, :, pos : pos + 1] = v
+            y = single_query_attention(q, kc[:, :hkv, : pos + 1], vc[:, :hkv, : pos + 1])
+            x = x + F.linear(y.transpose(1, 2).reshape(B, 1, hq * hd), a.o_proj.weight[:, : hq * hd])
+            x = x + blk.mlp(blk.norm2(x), width)
+        return model.head(model.norm(x[:, -1]))
+
+    return step
+
+
+def compile_speed(out: Path, batches: list[int], length: int, prompt: int, rounds: int = 3) -> list[dict]:
+    """Does removing eager PyTorch's per-kernel overhead change ghost/think? Decodes the trained
+    model's fixed modes with ElasticRunner (eager) and with `fixed_step` under torch.compile
+    (inductor, one graph per mode, dynamic shapes), `batch` held-out sequences together for
+    each batch size, 1 thread, modes and kinds interleaved, best of `rounds`. The first compiled
+    call per batch size (compile or recompile) is timed apart and its logits checked against
+    the runner's."""
+    import time
+
+    from adamba.serve.generate import load_model
+
+    torch.set_num_threads(1)
+    model, _, ckpt = load_model(out / "elastic")
+    ecfg = ckpt.cfg.elastic
+    if any(b.kind != "A" or b.mlp is None for b in model.blocks):
+        raise SystemExit("compile-speed: attention + MLP layers only")
+    toks = val_tokens(out)
+    modes = ("ghost", "whisper", "normal", "think")
+    pols = {m: el.mode_policy(m, model, ecfg) for m in modes}
+    # one code object, four modes' closures, a graph per batch-1 / batched shape: past dynamo's
+    # default of 8 graphs per code object it would silently run the rest eagerly
+    torch._dynamo.config.recompile_limit = 64
+    steps = {m: torch.compile(fixed_step(model, pols[m].widths[0]), dynamic=True) for m in modes}
+    rows = []
+    for batch in batches:
+        seqs = torch.stack([toks[i * length : (i + 1) * length] for i in range(batch)])
+        row: dict = {
+            "batch": batch,
+            "length": length,
+            "prompt": prompt,
+            "compile_s": {},
+            "max_logit_diff": {},
+        }
+        best: dict[str, float] = {}
+        for rnd in range(rounds):
+            for mode in modes:
+                for kind in ("eager", "compiled"):
+                    r = el.ElasticRunner(model, ecfg, pols[mode], batch=batch)
+                    with torch.no_grad():
+                        r.prefill(seqs[:, :prompt])
+                        if kind == "eager":
+                            t0 = time.perf_counter()
+                            for t in range(prompt, length):
+                                r.step(seqs[:, t : t + 1])
+                            dt = time.perf_counter() - t0
+                        else:
+                            ks = [c.k.new_zeros(batch, c.heads, length, c.head_dim) for c in r.state]
+                            vs = [k.clone() for k in ks]
+                            for kc, vc, c in zip(ks, vs, r.state):
+                                kc[:, :, :prompt], vc[:, :, :prompt] = c.k[:, :, :prompt], c.v[:, :, :prompt]
+                            if rnd == 0:  # (re)compile for this batch size, two positions, and check
+                                t0 = time.perf_counter()
+                                for t in (prompt, prompt + 1):
+                                    tk = seqs[:, t : t + 1]
+                                    steps[mode](tk, [k.clone() for k in ks], [v.clone() for v in vs], t)
+                                row["compile_s"][mode] = time.perf_counter() - t0
+                                want = r.step(seqs[:, prompt : prompt + 1])
+                                got = steps[mode](seqs[:, prompt : prompt + 1], ks, vs, prompt)
+                                row["max_logit_diff"][mode] = float((got - want).abs().max())
+                            t0 = time.perf_counter()
+                            for t in range(prompt, length):
+                                steps[mode](seqs[:, t : t + 1], ks, vs, t)
+                            dt = time.perf_counter() - t0
+                    key = f"{mode}-{kind}"
+                    best[key] = max(best.get(key, 0.0), batch * (length - prompt) / dt)
+                    print(
+                        f"batch {batch} round {rnd}: {key:16s} {best[key]:8.0f} tok/s (best so far)",
+                        flush=True,
+                    )
+        row["tok_s"] = best
+        row["dynamo_recompile_limit"] = torch._dynamo.config.recompile_limit
+        row["ghost_over_think"] = {k: best[f"ghost-{k}"] / best[f"think-{k}"] for k in ("eager", "compiled")}
+        rows.append(row)
+    print("| sequences | mode | eager tok/s | compiled tok/s | speed-up | compile s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        for mode in modes:
+            e, c = row["tok_s"][f"{mode}-eager"], row["tok_s"][f"{mode}-compiled"]
+            cs = row["compile_s"][mode]
+            print(f"| {row['batch']} | {mode} | {e:,.0f} | {c:,.0f} | {c / e:.2f}x | {cs:.0f} |")
+        g = row["ghost_over_think"]
+        print(f"| {row['batch']} | ghost/think | {g['eager']:.2f}x | {g['compiled']:.2f}x | | |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"elastic-compile-speed-{out.name.removeprefix('el-')}.json"
+    path.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -1080,6 +1203,10 @@ def main() -> None:
     cb.add_argument("--reuse", type=int, default=1, help="calibration steps per forward pass")
     cm = sub.add_parser("calm")
     cm.add_argument("--out", required=True, type=Path)
+    cs = sub.add_parser("compile-speed")
+    cs.add_argument("--out", required=True, type=Path)
+    cs.add_argument("--batches", default="1,32,256", help="sequences decoded together")
+    cs.add_argument("--length", type=int, default=128)
     hr = sub.add_parser("headroom")
     hr.add_argument("--out", required=True, type=Path)
     hr.add_argument("--train-rows", type=int, default=2000)
@@ -1135,6 +1262,8 @@ def main() -> None:
             args.vocab,
             args.kv_heads,
         )
+    elif args.cmd == "compile-speed":
+        compile_speed(args.out, [int(x) for x in args.batches.split(",")], args.length, 16)
     elif args.cmd == "headroom":
         width_headroom(args.out, args.train_rows)
     else:

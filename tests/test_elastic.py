@@ -758,3 +758,32 @@ def test_checkpoints_saved_before_gate_hidden_keep_their_linear_gates():
     assert config_from_dict(old).elastic.gate_per_width is False
     heads = el.ElasticHeads(tiny(), config_from_dict(old).elastic)
     assert not heads.narrow and not any(k.startswith("width_gates") for k in heads.state_dict())
+
+
+def test_benchmark_fixed_step_matches_runner():
+    """`elastic.py compile-speed` times `fixed_step` (a pure function over preallocated caches,
+    for torch.compile) against ElasticRunner: run eagerly it must give the runner's logits at
+    every width and position, or the compiled speed-up would compare different work."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "elastic.py"
+    spec = importlib.util.spec_from_file_location("bench_elastic", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = LM(tiny()).eval()
+    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
+    seqs = torch.randint(0, 97, (3, 12))
+    with torch.no_grad():
+        for w in WIDTHS:
+            r = el.ElasticRunner(model, ecfg, el.Policy([w] * 3), batch=3)
+            r.prefill(seqs[:, :5])
+            ks = [c.k.new_zeros(3, c.heads, 12, c.head_dim) for c in r.state]
+            vs = [k.clone() for k in ks]
+            for kc, vc, c in zip(ks, vs, r.state):
+                kc[:, :, :5], vc[:, :, :5] = c.k[:, :, :5], c.v[:, :, :5]
+            step = bench.fixed_step(model, w)
+            for t in range(5, 12):
+                got, want = step(seqs[:, t : t + 1], ks, vs, t), r.step(seqs[:, t : t + 1])
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
