@@ -682,7 +682,9 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
                                 r.step(seqs[:, t : t + 1])
                             dt = time.perf_counter() - t0
                         else:
-                            ks = [c.k.new_zeros(batch, c.heads, length, c.head_dim) for c in r.state]
+                            # a spare slot: a slice reaching the buffer's end specialises
+                            # (a recompile at the last position)
+                            ks = [c.k.new_zeros(batch, c.heads, length + 1, c.head_dim) for c in r.state]
                             vs = [k.clone() for k in ks]
                             for kc, vc, c in zip(ks, vs, r.state):
                                 kc[:, :, :prompt], vc[:, :, :prompt] = c.k[:, :, :prompt], c.v[:, :, :prompt]
