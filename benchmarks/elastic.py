@@ -655,6 +655,11 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
     toks = val_tokens(out)
     modes = ("ghost", "whisper", "normal", "think")
     pols = {m: el.mode_policy(m, model, ecfg) for m in modes}
+    for m, pol in pols.items():  # fixed_step's grouped attention needs whole GQA groups
+        a = model.blocks[0].mixer
+        hq, hkv = a.heads_at(pol.widths[0])
+        if hkv > 1 and hq != hkv * (a.n_head // a.n_kv_head):
+            raise SystemExit(f"compile-speed: {m}'s width {pol.widths[0]:g} splits a GQA group")
     # one code object, four modes' closures, a graph per batch-1 / batched shape: past dynamo's
     # default of 8 graphs per code object it would silently run the rest eagerly
     torch._dynamo.config.recompile_limit = 64
