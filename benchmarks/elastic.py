@@ -163,7 +163,8 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, s
     calibration, which does not touch the LM) under out/lr-sweep/<name>-lr<rate>, and scores
     each on the whole validation split next to the models `train` left in out/ (at the rate in
     their config). Runs already trained are only scored, so an interrupted sweep resumes; rows
-    merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up.
+    merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up, also
+    when run side by side (one process per shape on a 2-core machine). Returns this call's rows.
     d_model None: the width of the models `train` left in out/ (else 128)."""
     from adamba.serve.generate import load_model
     from adamba.train.checkpoint import read_checkpoint
@@ -184,7 +185,7 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, s
         d_model = found[0].cfg.model.d_model if found else 128
     torch.set_num_threads(1)
     path = RESULTS / f"elastic-lr-{out.name.removeprefix('el-')}.json"
-    res: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}  # earlier sweeps' rows
+    res: dict[str, dict] = {}
     for name in names:
         runs = [(None, out / name)] + [(lr, out / "lr-sweep" / f"{name}-lr{lr}") for lr in lrs]
         for lr, run_dir in runs:
@@ -214,8 +215,11 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, s
                 f"{name:8s} lr {ckpt.cfg.train.lr:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items()),
                 flush=True,
             )
+            # merge into the file as it is now: earlier sweeps' rows, and a sweep of another
+            # shape running beside this one (they write at different times)
             RESULTS.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(dict(sorted(res.items())), indent=2))
+            rows = json.loads(path.read_text()) if path.exists() else {}
+            path.write_text(json.dumps(dict(sorted({**rows, **res}.items())), indent=2))
     return res
 
 
