@@ -162,6 +162,24 @@ def test_exit_hook_stops_prefetch_threads(data):
     keep = TokenLoader([str(m)], B, T, prefetch=2)
     next(keep)
     thread = keep._thread
-    assert thread is not None and thread.is_alive() and keep in mod._LIVE
+    assert thread is not None and thread.is_alive()
+    mod._stop_prefetch_threads()
+    assert not thread.is_alive()
+
+
+def test_exit_hook_stops_threads_of_collected_loaders(data):
+    """A loader dropped just before exit is collected at once, but its thread can still be
+    inside a torch call for a moment: the exit hook must still find and join that thread."""
+    import gc
+
+    from adamba.data import loader as mod
+
+    tok, m = data
+    dropped = TokenLoader([str(m)], B, T, prefetch=2)
+    next(dropped)
+    thread = dropped._thread
+    del dropped
+    gc.collect()
+    assert any(t is thread for t, _ in mod._THREADS)
     mod._stop_prefetch_threads()
     assert not thread.is_alive()

@@ -34,7 +34,10 @@ def run_eval(
             tokenizer_fingerprint=tokenizer.fingerprint(),
         )
         tb = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
-        res = evaluate_bpb(model, (next(loader) for _ in range(batches)), tb)
+        try:
+            res = evaluate_bpb(model, (next(loader) for _ in range(batches)), tb)
+        finally:
+            loader.close()  # stop its prefetch thread now, not at interpreter exit
         lines.append(
             f"bpb: val loss {res['loss']:.4f}  bits/byte {res['bpb']:.4f}  ({res['tokens']:,} tokens)"
         )
@@ -62,9 +65,12 @@ def efficiency_lines(model, tokenizer, ckpt, data, batches, decode_batch: int = 
     length = min(EFFICIENCY_LEN, ckpt.cfg.data.seq_len)
     loader = TokenLoader(val, 1, length, seed=0, tokenizer_fingerprint=tokenizer.fingerprint())
     seqs = []
-    for _ in range(max(1, min(batches, EFFICIENCY_MAX_SEQS), decode_batch)):
-        x, y = next(loader)
-        seqs.append(torch.cat([x[0], y[0, -1:]]))
+    try:
+        for _ in range(max(1, min(batches, EFFICIENCY_MAX_SEQS), decode_batch)):
+            x, y = next(loader)
+            seqs.append(torch.cat([x[0], y[0, -1:]]))
+    finally:
+        loader.close()  # its prefetch thread would run on through the whole decode
     tb = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
     lines = [
         f"efficiency: {len(seqs)} sequences x {length} tokens, prompt {EFFICIENCY_PROMPT}, "
