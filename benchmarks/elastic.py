@@ -640,6 +640,16 @@ def fixed_step(model, width: float):
     return step
 
 
+def prompt_caches(r, capacity: int) -> tuple[list, list]:
+    """`fixed_step`'s preallocated caches ([B, KV heads stored, capacity, head_dim] per layer),
+    holding what runner r cached for the prompt it prefilled."""
+    ks = [c.k.new_zeros(c.batch, c.heads, capacity, c.head_dim) for c in r.state]
+    vs = [k.clone() for k in ks]
+    for kc, vc, c in zip(ks, vs, r.state):
+        kc[:, :, : r.pos], vc[:, :, : r.pos] = c.k[:, :, : r.pos], c.v[:, :, : r.pos]
+    return ks, vs
+
+
 def compile_speed(out: Path, batches: list[int], length: int, prompt: int, rounds: int = 3) -> list[dict]:
     """Does removing eager PyTorch's per-kernel overhead change ghost/think? Decodes the trained
     model's fixed modes with ElasticRunner (eager) and with `fixed_step` under torch.compile
@@ -693,10 +703,7 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
                         else:
                             # a spare slot: a slice reaching the buffer's end specialises
                             # (a recompile at the last position)
-                            ks = [c.k.new_zeros(batch, c.heads, length + 1, c.head_dim) for c in r.state]
-                            vs = [k.clone() for k in ks]
-                            for kc, vc, c in zip(ks, vs, r.state):
-                                kc[:, :, :prompt], vc[:, :, :prompt] = c.k[:, :, :prompt], c.v[:, :, :prompt]
+                            ks, vs = prompt_caches(r, length + 1)
                             if rnd == 0:  # (re)compile for this batch size, two positions, and check
                                 t0 = time.perf_counter()
                                 for t in (prompt, prompt + 1):

@@ -779,10 +779,7 @@ def test_benchmark_fixed_step_matches_runner():
         for w in WIDTHS:
             r = el.ElasticRunner(model, ecfg, el.Policy([w] * 3), batch=3)
             r.prefill(seqs[:, :5])
-            ks = [c.k.new_zeros(3, c.heads, 12, c.head_dim) for c in r.state]
-            vs = [k.clone() for k in ks]
-            for kc, vc, c in zip(ks, vs, r.state):
-                kc[:, :, :5], vc[:, :, :5] = c.k[:, :, :5], c.v[:, :, :5]
+            ks, vs = bench.prompt_caches(r, 12)
             step = bench.fixed_step(model, w)
             for t in range(5, 12):
                 got, want = step(seqs[:, t : t + 1], ks, vs, t), r.step(seqs[:, t : t + 1])
