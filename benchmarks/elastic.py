@@ -669,8 +669,8 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
     toks = val_tokens(out)
     modes = ("ghost", "whisper", "normal", "think")
     pols = {m: el.mode_policy(m, model, ecfg) for m in modes}
+    a = model.blocks[0].mixer
     for m, pol in pols.items():  # fixed_step's grouped attention needs whole GQA groups
-        a = model.blocks[0].mixer
         hq, hkv = a.heads_at(pol.widths[0])
         if hkv > 1 and hq != hkv * (a.n_head // a.n_kv_head):
             raise SystemExit(f"compile-speed: {m}'s width {pol.widths[0]:g} splits a GQA group")
