@@ -116,6 +116,8 @@ def ssd_step(
     n = B.shape[-1]
     new = state.float().clone()  # the kernel updates in place; ours returns a new state
     # The kernel takes per-channel dt and A ([b,h,p], [h,p,n]); expanded views cost nothing.
+    # mamba-ssm 2.3.2 reads dt_bias's and D's strides unconditionally and fails on None, so a
+    # zero bias and a zero skip go along (exact: they add 0); older versions just add them.
     y = k.state_update(
         new,
         x,
@@ -123,6 +125,8 @@ def ssd_step(
         A.float()[:, None, None].expand(h, p, n),
         B,
         C,
+        D=x.new_zeros(h, 1, dtype=torch.float32).expand(h, p),
+        dt_bias=dt.new_zeros(h, 1, dtype=torch.float32).expand(h, p),
     )
     return y, new
 
