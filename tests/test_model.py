@@ -79,3 +79,16 @@ def test_matches_transformers_llama():
     hf = hf_llama(ours, attn_implementation="eager").eval()
     x = torch.randint(0, cfg.vocab_size, (2, 20))
     torch.testing.assert_close(ours(x)[0], hf(input_ids=x).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_qk_norm_stays_fused_under_bf16_autocast():
+    """Under autocast the projections come out in bf16; the norm weights must follow, or
+    F.rms_norm drops to its slow composite path (with a warning) on every attention layer."""
+    import warnings
+
+    model = LM(tiny(qk_norm=True))
+    x = torch.randint(0, 97, (2, 9))
+    with warnings.catch_warnings(), torch.autocast("cpu", torch.bfloat16):
+        warnings.filterwarnings("error", message=".*Mismatch dtype.*")
+        logits, _ = model(x)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()

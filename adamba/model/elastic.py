@@ -639,7 +639,7 @@ class ElasticRunner:
             .transpose(1, 2)
         )
         if a.qk_norm:
-            k = F.rms_norm(k, (hd,), a.k_norm_weight, a.eps)
+            k = F.rms_norm(k, (hd,), a.k_norm_weight.to(k.dtype), a.eps)
         if a.rotary is not None:
             k = a.rotary(k, cache.length)
         if rows is None:
