@@ -1,6 +1,8 @@
 """The chunked SSD scan against its definition (the step-by-step recurrence): values, final state,
 gradients, strong decay, odd lengths, groups, dtypes, and the dispatch layer on CPU."""
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,6 +169,34 @@ def test_dispatch_uses_reference_on_cpu():
         assert dispatch.reference_forced()
     assert not dispatch.reference_forced()
     assert set(dispatch.kernels_available()) >= {"mamba_ssm"}
+
+
+def _state_update_like_mamba_ssm_2_3(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """What mamba-ssm 2.3.2's selective_state_update computes, with its calling contract: per
+    channel dt / A ([b,h,p], [h,p,n]), grouped B / C, state updated in place, and dt_bias and D
+    required (that version reads their strides even when they are None, and crashes)."""
+    assert dt_bias is not None and D is not None, "mamba-ssm 2.3.2 crashes on dt_bias=None or D=None"
+    assert dt_bias.shape == D.shape == x.shape[1:] and A.shape == state.shape[1:] and dt.shape == x.shape
+    dt = dt + dt_bias
+    r = x.shape[1] // B.shape[1]
+    Bh, Ch = B.repeat_interleave(r, 1)[:, :, None], C.repeat_interleave(r, 1)[:, :, None]  # [b,h,1,n]
+    state.mul_(torch.exp(A * dt[..., None])).add_(Bh * (dt * x)[..., None])
+    return (state * Ch).sum(-1) + D * x
+
+
+def test_dispatch_step_honours_the_mamba_ssm_2_3_contract(monkeypatch):
+    """The kernel branch of dispatch.ssd_step, fed to a stand-in with mamba-ssm 2.3.2's contract
+    (a CUDA run found the crash): same output and new state as our op; caller's state intact."""
+    x, dt, A, B, C, s0 = [t.float() for t in make_inputs(b=3, l=1, h=8, p=4, g=2, n=6, seed=37)]
+    kernels = types.SimpleNamespace(state_update=_state_update_like_mamba_ssm_2_3)
+    monkeypatch.setattr(dispatch, "_kernel", lambda tensor, load: kernels)
+    before = s0.clone()
+    with torch.no_grad():
+        y_k, s_k = dispatch.ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], s0)
+    y_r, s_r = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], s0)
+    torch.testing.assert_close(y_k, y_r)
+    torch.testing.assert_close(s_k, s_r)
+    assert torch.equal(s0, before)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to compare a kernel with the reference")
