@@ -10,9 +10,12 @@ A preset whose layers are all attention is timed three ways: adamba with Llama's
 no QK-norm; tests/test_model.py proves the equality), transformers' Llama with the same weights,
 and the preset as configured. A preset with Mamba2 (M) or KDA (K) layers is timed twice, same
 weights: the kernels (mamba-ssm / fla, picked by adamba.ops.dispatch on CUDA) and the reference
-ops forced. A preset name may carry overrides after '+', e.g. `kda-100m+model.pattern=MMMA`.
+ops forced; on a CPU, where only the reference ops exist, once. `--compile` adds each adamba
+model again with its forward under torch.compile (what `train.compile=true` does; the first two
+steps, which compile, are not timed). A preset name may carry overrides after '+', e.g.
+`kda-100m+model.pattern=MMMA`.
 
-    python benchmarks/train_throughput.py [--presets tiny-cpu,small-cpu] [--steps 12] [--threads 2]
+    python benchmarks/train_throughput.py [--presets tiny-cpu,small-cpu] [--steps 12] [--threads 2] [--compile]
     python benchmarks/train_throughput.py --device cuda --dtype bfloat16 --batch 8 \\
         --presets 'kda-100m+model.pattern=A+model.use_rope=true,kda-100m,kda-100m+model.pattern=MMMA'
 """
@@ -56,12 +59,13 @@ def flops_per_token(n_params_no_embed: int, n_attn_layers: int, d_attn: int, seq
     return 6 * n_params_no_embed + 6 * n_attn_layers * d_attn * seq
 
 
-def make_step(model, x, y, hf: bool, amp, reference: bool = False):
+def make_step(model, x, y, hf: bool, amp, reference: bool = False, compiled: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
+    fwd = torch.compile(model) if compiled else model  # what train.compile=true does
 
     def step():
         with dispatch.force_reference(reference), amp():
-            loss = model(input_ids=x, labels=x).loss if hf else model(x, y)[1]
+            loss = fwd(input_ids=x, labels=x).loss if hf else fwd(x, y)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -70,7 +74,7 @@ def make_step(model, x, y, hf: bool, amp, reference: bool = False):
 
 
 def bench_preset(
-    spec: str, steps: int, peak: float, device: torch.device, dtype: str, batch: int, seq: int
+    spec: str, steps: int, peak: float, device: torch.device, dtype: str, batch: int, seq: int, compile_: bool
 ) -> list[dict]:
     name, *overrides = spec.split("+")
     base = load_config(name, overrides)
@@ -84,9 +88,11 @@ def bench_preset(
     y = torch.roll(x, -1, 1)
     amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
     ours = LM(m).to(device)
-    if hybrid:
-        if device.type == "cuda":
-            print(f"kernel packages here: {dispatch.kernels_available()}")
+    if hybrid and device.type == "cpu":  # no kernels on a CPU: one path to time
+        models = {"adamba": ours}
+        fns = {"adamba": make_step(ours, x, y, False, amp)}
+    elif hybrid:
+        print(f"kernel packages here: {dispatch.kernels_available()}")
         models = {"adamba kernels": ours, "adamba reference ops": ours}
         fns = {k: make_step(ours, x, y, False, amp, reference=k.endswith("ops")) for k in models}
     else:
@@ -96,9 +102,16 @@ def bench_preset(
         }  # same weights
         models["adamba preset (relu2+qknorm)"] = LM(base.model).to(device)
         fns = {k: make_step(v, x, y, k.startswith("transformers"), amp) for k, v in models.items()}
-    for f in fns.values():  # warm-up (and the kernels' autotuning)
+    if compile_:  # each adamba model once more, its forward under torch.compile
+        for k in [k for k in models if k.startswith("adamba") and not k.endswith("ops")]:
+            models[f"{k}, compiled"] = models[k]
+            fns[f"{k}, compiled"] = make_step(models[k], x, y, False, amp, compiled=True)
+    for k, f in fns.items():  # warm-up (and the kernels' autotuning, the compile)
+        t = time.perf_counter()
         f()
         f()
+        if k.endswith("compiled"):
+            print(f"{spec}: {k}: first two steps (compile) {time.perf_counter() - t:.1f} s")
     times = {k: [] for k in fns}
     names = list(fns)
     for i in range(steps):  # interleaved, the order rotated each round (no position bias)
@@ -118,7 +131,9 @@ def bench_preset(
         fpt = flops_per_token(n - n_embed, n_attn, m.n_head * m.head_dim, T)
         row = {"preset": spec, "pattern": m.pattern, "model": k, "params": n, "batch": B, "seq": T}
         rows.append(row | {"step_s": t, "tok_s": tok_s, "mfu": tok_s * fpt / peak})
-    peer = "adamba reference ops" if hybrid else "transformers Llama"
+    peer = (
+        "transformers Llama" if not hybrid else "adamba" if device.type == "cpu" else "adamba reference ops"
+    )
     base_tok = next(r["tok_s"] for r in rows if r["model"] == peer)
     for r in rows:
         r["peer"], r["vs_peer"] = peer, r["tok_s"] / base_tok
@@ -133,6 +148,7 @@ def main() -> None:
     ap.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast, CUDA only"
     )
+    ap.add_argument("--compile", action="store_true", help="also time adamba's models under torch.compile")
     ap.add_argument("--batch", type=int, default=0, help="sequences per step (0 = the preset's)")
     ap.add_argument("--seq", type=int, default=0, help="tokens per sequence (0 = the preset's)")
     ap.add_argument("--out", default="", help="JSON path (default results/train_throughput[-DEVICE].json)")
@@ -151,11 +167,11 @@ def main() -> None:
     print(f"{where}, measured {peak_dtype} matmul peak {peak / 1e12:.2f} TFLOP/s")
     rows = []
     for spec in args.presets.split(","):
-        rows += bench_preset(spec, args.steps, peak, device, args.dtype, args.batch, args.seq)
-    print(f"{'preset':44} {'model':28} {'params':>11} {'B x T':>10} {'tok/s':>10} {'MFU':>6} {'vs peer':>7}")
+        rows += bench_preset(spec, args.steps, peak, device, args.dtype, args.batch, args.seq, args.compile)
+    print(f"{'preset':44} {'model':38} {'params':>11} {'B x T':>10} {'tok/s':>10} {'MFU':>6} {'vs peer':>7}")
     for r in rows:
         print(
-            f"{r['preset']:44} {r['model']:28} {r['params']:>11,} {r['batch']:>4} x {r['seq']:<4} "
+            f"{r['preset']:44} {r['model']:38} {r['params']:>11,} {r['batch']:>4} x {r['seq']:<4} "
             f"{r['tok_s']:>10,.0f} {r['mfu']:>6.1%} {r['vs_peer']:>6.2f}x"
         )
     suffix = "" if device.type == "cpu" else f"-{device.type}"
