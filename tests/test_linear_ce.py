@@ -67,3 +67,36 @@ def test_only_weight_or_only_hidden_needs_grad():
     torch.testing.assert_close(wq.grad, wr.grad)
     with pytest.raises(ValueError, match="do not match"):
         linear_cross_entropy(h, w, t[:-1])
+
+
+def test_autocast_runs_every_head_matmul_in_the_autocast_dtype(monkeypatch):
+    """Under bf16 autocast all three matmuls (logits, grad of h, grad of W) run in bf16, as the
+    plain path's would; an fp32 one would be the slowest GEMM of a GPU step. Values stay close
+    to the plain path under the same autocast."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("mm", "addmm", "addmm_", "bmm"):
+                self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor) and a.dim() == 2))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(linear_ce, "CHUNK_ELEMS", 53 * 8)  # several chunks
+    h, w, t = _pair(torch.float32, n=64, d=32)
+    h1, w1 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    h2, w2 = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        ref = F.cross_entropy(F.linear(h1, w1).float(), t)
+        with MatmulDtypes() as mode:
+            out = linear_cross_entropy(h2, w2, t)
+    ref.backward()
+    out.backward()
+    assert len(mode.seen) >= 3 * 8 and all(d == torch.bfloat16 for ds in mode.seen for d in ds), mode.seen
+    assert abs(out.item() - ref.item()) < 1e-2
+    for a, b in [(h2.grad, h1.grad), (w2.grad, w1.grad)]:
+        assert a.dtype == b.dtype == torch.float32
+        assert (a - b).abs().max() <= 2e-2 * b.abs().max()

@@ -22,6 +22,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h, weight, targets, ignore_index, chunk_rows):
         n = (targets != ignore_index).sum()
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 at least; fp64 stays fp64
+        # under autocast the weight-gradient matmul runs in the autocast dtype like the other two
+        # (an in-place addmm_ is not autocast: it would be the step's one fp32 GEMM on a GPU)
+        dev = h.device.type
+        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else acc
         denom = n.clamp(min=1).to(acc)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
@@ -43,8 +47,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gl = g.to(h.dtype)
                 if need_h:
                     grad_h[i : i + chunk_rows] = gl @ weight
-                if need_w:
+                if need_w and mm == acc:
                     grad_w.addmm_(g.t(), hc.to(acc))
+                elif need_w:
+                    grad_w += (g.t().to(mm) @ hc.to(mm)).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.w_dtype = weight.dtype
         return total / denom
