@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from adamba.config import load_config
+from adamba.errors import AdambaError
 from adamba.model.lm import LM
 from adamba.nn.hf_twins import hf_llama
 from adamba.ops import dispatch
@@ -155,6 +156,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible to this PyTorch")
     if args.dtype == "bfloat16" and device.type != "cuda":
         ap.error("--dtype bfloat16 autocasts on CUDA only")
     if args.threads:
@@ -167,7 +170,12 @@ def main() -> None:
     print(f"{where}, measured {peak_dtype} matmul peak {peak / 1e12:.2f} TFLOP/s")
     rows = []
     for spec in args.presets.split(","):
-        rows += bench_preset(spec, args.steps, peak, device, args.dtype, args.batch, args.seq, args.compile)
+        try:
+            rows += bench_preset(
+                spec, args.steps, peak, device, args.dtype, args.batch, args.seq, args.compile
+            )
+        except AdambaError as e:  # unknown preset, bad override: a message, not a traceback
+            ap.error(f"{spec}: {e}")
     print(f"{'preset':44} {'model':38} {'params':>11} {'B x T':>10} {'tok/s':>10} {'MFU':>6} {'vs peer':>7}")
     for r in rows:
         print(
