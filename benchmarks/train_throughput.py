@@ -97,11 +97,8 @@ def bench_preset(
         models = {"adamba kernels": ours, "adamba reference ops": ours}
         fns = {k: make_step(ours, x, y, False, amp, reference=k.endswith("ops")) for k in models}
     else:
-        models = {
-            "adamba (= Llama math)": ours,
-            "transformers Llama": hf_llama(ours).to(device),
-        }  # same weights
-        models["adamba preset (relu2+qknorm)"] = LM(base.model).to(device)
+        models = {"adamba (= Llama math)": ours, "transformers Llama": hf_llama(ours).to(device)}
+        models["adamba preset (relu2+qknorm)"] = LM(base.model).to(device)  # its own weights
         fns = {k: make_step(v, x, y, k.startswith("transformers"), amp) for k, v in models.items()}
     if compile_:  # each adamba model once more, its forward under torch.compile
         for k in [k for k in models if k.startswith("adamba") and not k.endswith("ops")]:
