@@ -178,3 +178,19 @@ def test_compiled_training_follows_eager(data, tmp_path):
     for (_, a), (_, b) in zip(eager, compiled, strict=True):
         assert abs(a - b) < 2e-3, (a, b)
     assert res.val["bpb"] > 0 and ck.read_checkpoint(tmp_path / "c").state["step"] == 6
+
+
+def test_compile_without_a_toolchain_is_a_clear_error_before_training(data, tmp_path, monkeypatch):
+    """No working C++ compiler (simulated): train.compile=true stops with a one-line AdambaError
+    naming the fix, before any step or checkpoint, instead of an inductor traceback at step 1."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler-here",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached kernel needs no compiler
+    torch._dynamo.reset()
+    with pytest.raises(AdambaError, match="train.compile=false"):
+        trainer.run(
+            load_config("tiny-cpu", [*tiny_overrides(data, tmp_path / "r", steps=2), "train.compile=true"])
+        )
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    torch._dynamo.reset()

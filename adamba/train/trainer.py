@@ -59,6 +59,20 @@ def autocast_ctx(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
+def check_compile(device: torch.device) -> None:
+    """train.compile needs inductor's toolchain (a C++ compiler on a CPU, Triton on a GPU). Find
+    out before the run starts, with a tiny function, not as a traceback at the first step."""
+    try:
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(4, device=device))
+    except Exception as e:  # any failure here means the first step would fail the same way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise AdambaError(
+            f"train.compile=true, but torch.compile does not work on {device.type} here "
+            f"({type(e).__name__}: {first}); install a C++ compiler (CPU) or Triton (GPU), "
+            "or set train.compile=false"
+        ) from e
+
+
 def load_tokenizer(cfg: Config) -> Tokenizer:
     if not cfg.data.tokenizer:
         raise AdambaError(
@@ -111,6 +125,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     optimizer = build_optimizer(model, cfg.train)
     # compiled forward for the training step; weights stay shared with `model` (checkpoints,
     # eval and the elastic path use the eager module)
+    if cfg.train.compile:
+        check_compile(device)
     fwd = torch.compile(model) if cfg.train.compile else model
     fp = tokenizer.fingerprint()
     loader = TokenLoader(
