@@ -140,7 +140,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "mps"
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast on GPU)
-    compile: bool = False
+    compile: bool = False  # torch.compile the training forward (CPU: needs a C++ compiler)
     threads: int = 0  # torch intra-op threads on CPU, 0 = leave torch's default
 
     def validate(self) -> None:
