@@ -90,14 +90,15 @@ def bench_preset(
     amp = (lambda: torch.autocast("cuda", torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
     ours = LM(m).to(device)
     if hybrid and device.type == "cpu":  # no kernels on a CPU: one path to time
-        models = {"adamba": ours}
+        models, peer = {"adamba": ours}, "adamba"
         fns = {"adamba": make_step(ours, x, y, False, amp)}
     elif hybrid:
         print(f"kernel packages here: {dispatch.kernels_available()}")
-        models = {"adamba kernels": ours, "adamba reference ops": ours}
+        models, peer = {"adamba kernels": ours, "adamba reference ops": ours}, "adamba reference ops"
         fns = {k: make_step(ours, x, y, False, amp, reference=k.endswith("ops")) for k in models}
     else:
         models = {"adamba (= Llama math)": ours, "transformers Llama": hf_llama(ours).to(device)}
+        peer = "transformers Llama"
         models["adamba preset (relu2+qknorm)"] = LM(base.model).to(device)  # its own weights
         fns = {k: make_step(v, x, y, k.startswith("transformers"), amp) for k, v in models.items()}
     if compile_:  # each adamba model once more, its forward under torch.compile
@@ -129,9 +130,6 @@ def bench_preset(
         fpt = flops_per_token(n - n_embed, n_attn, m.n_head * m.head_dim, T)
         row = {"preset": spec, "pattern": m.pattern, "model": k, "params": n, "batch": B, "seq": T}
         rows.append(row | {"step_s": t, "tok_s": tok_s, "mfu": tok_s * fpt / peak})
-    peer = (
-        "transformers Llama" if not hybrid else "adamba" if device.type == "cpu" else "adamba reference ops"
-    )
     base_tok = next(r["tok_s"] for r in rows if r["model"] == peer)
     for r in rows:
         r["peer"], r["vs_peer"] = peer, r["tok_s"] / base_tok

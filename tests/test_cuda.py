@@ -5,11 +5,11 @@ is not installed. benchmarks/README.md says when these last ran on a GPU, and wi
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from adamba.config import ModelConfig
 from adamba.model.lm import LM
 from adamba.ops import dispatch
+from tests.test_kda import _op_inputs
 from tests.test_ssd import make_inputs, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -60,11 +60,8 @@ def test_ssd_step_kernel_matches_reference():
 
 def test_kda_kernel_forward_and_gradients_match_reference():
     needs("fla")
-    gen = torch.Generator().manual_seed(7)  # the shapes of hybrid("KKA") below: fla autotunes once
-    q, k = (F.normalize(torch.randn(4, 300, 4, 32, generator=gen), dim=-1).cuda() for _ in range(2))
-    v = torch.randn(4, 300, 4, 32, generator=gen).cuda()
-    g = -torch.rand(4, 300, 4, 32, generator=gen).cuda()
-    beta, s0 = torch.rand(4, 300, 4, generator=gen).cuda(), torch.randn(4, 4, 32, 32, generator=gen).cuda()
+    # the head shapes of hybrid("KKA") below: fla autotunes one shape set for both
+    q, k, v, g, beta, s0 = _op_inputs("cuda", t=300, b=4, h=4, d=32)
     (outs_k, grads_k), (outs_r, grads_r) = kernel_and_reference(
         lambda q, k, v, g, beta, s0: dispatch.kda_chunked(q, k, v, g, beta, initial_state=s0),
         [q, k, v, g, beta, s0],

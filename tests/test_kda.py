@@ -139,13 +139,13 @@ def test_presets(name, lo, hi):
         assert abs(n / dense - 1) < 0.03
 
 
-def _op_inputs(device="cpu", t=100):
+def _op_inputs(device="cpu", t=100, b=2, h=3, d=64):
     gen = torch.Generator().manual_seed(7)
-    q, k = (torch.nn.functional.normalize(torch.randn(2, t, 3, 64, generator=gen), dim=-1) for _ in range(2))
-    v = torch.randn(2, t, 3, 64, generator=gen)
-    g = -torch.rand(2, t, 3, 64, generator=gen)
-    beta = torch.rand(2, t, 3, generator=gen)
-    s0 = torch.randn(2, 3, 64, 64, generator=gen)
+    q, k = (torch.nn.functional.normalize(torch.randn(b, t, h, d, generator=gen), dim=-1) for _ in range(2))
+    v = torch.randn(b, t, h, d, generator=gen)
+    g = -torch.rand(b, t, h, d, generator=gen)
+    beta = torch.rand(b, t, h, generator=gen)
+    s0 = torch.randn(b, h, d, d, generator=gen)
     return [x.to(device) for x in (q, k, v, g, beta, s0)]
 
 
