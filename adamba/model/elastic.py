@@ -79,6 +79,7 @@ from adamba.config import ElasticConfig, ModelConfig
 from adamba.errors import AdambaError
 from adamba.model.cache import MatryoshkaKVCache, RowView
 from adamba.model.lm import sample_next
+from adamba.nn.norm import rms_norm
 
 MODES = ("ghost", "whisper", "normal", "think", "auto")
 MODE_FRACTION = {"whisper": 0.25, "normal": 0.5, "think": 1.0}  # ghost = the smallest width
@@ -639,7 +640,7 @@ class ElasticRunner:
             .transpose(1, 2)
         )
         if a.qk_norm:
-            k = F.rms_norm(k, (hd,), a.k_norm_weight.to(k.dtype), a.eps)
+            k = rms_norm(k, a.k_norm_weight, a.eps)
         if a.rotary is not None:
             k = a.rotary(k, cache.length)
         if rows is None:

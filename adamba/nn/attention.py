@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamba.config import ModelConfig
+from adamba.nn.norm import rms_norm
 from adamba.nn.rope import Rotary
 
 
@@ -144,8 +145,8 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.qk_norm:
-            q = F.rms_norm(q, (self.head_dim,), self.q_norm_weight.to(q.dtype), self.eps)
-            k = F.rms_norm(k, (self.head_dim,), self.k_norm_weight.to(k.dtype), self.eps)
+            q = rms_norm(q, self.q_norm_weight, self.eps)
+            k = rms_norm(k, self.k_norm_weight, self.eps)
         offset = state.length if state is not None else 0
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
@@ -174,8 +175,8 @@ class Attention(nn.Module):
         k = F.linear(x, w[kq : kq + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
         v = F.linear(x, w[kk : kk + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
         if self.qk_norm:
-            q = F.rms_norm(q, (hd,), self.q_norm_weight.to(q.dtype), self.eps)
-            k = F.rms_norm(k, (hd,), self.k_norm_weight.to(k.dtype), self.eps)
+            q = rms_norm(q, self.q_norm_weight, self.eps)
+            k = rms_norm(k, self.k_norm_weight, self.eps)
         offset = state.length if state is not None else 0
         if self.rotary is not None:
             q, k = self.rotary(q, offset), self.rotary(k, offset)

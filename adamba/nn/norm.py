@@ -1,8 +1,14 @@
-"""RMSNorm (learnable scale) and a weightless variant for QK-norm style use."""
+"""RMSNorm (learnable scale), and the functional form the QK-norm call sites share."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """F.rms_norm over the last dim with the weight in x's dtype: under bf16 autocast an fp32
+    weight on bf16 activations drops F.rms_norm to its slow composite path."""
+    return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps)
 
 
 class RMSNorm(nn.Module):
@@ -12,4 +18,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+        return rms_norm(x, self.weight, self.eps)
