@@ -28,7 +28,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from adamba.serve.generate import generate_text, load_model
+    from adamba.checkpoint import load_model
+    from adamba.serve.generate import generate_text
 
     if args.max_new_tokens < 1:
         from adamba.errors import AdambaError

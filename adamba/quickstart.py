@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from adamba.checkpoint import load_model
 from adamba.config import load_config
 from adamba.data.curate import CurateConfig, curate_documents
 from adamba.data.loader import TokenLoader
@@ -26,7 +27,7 @@ from adamba.data.sources import Document, python_stdlib_documents, read_document
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb, unigram_bpb
-from adamba.serve.generate import generate_text, load_model
+from adamba.serve.generate import generate_text
 from adamba.train import trainer
 from adamba.train.monitor import read_metrics
 

@@ -166,8 +166,7 @@ def lr_sweep(out: Path, names: list[str], lrs: list[str], d_model: int | None, s
     merge into results/elastic-lr-<out>.json, so sweeps of other shapes or rates add up, also
     when run side by side (one process per shape on a 2-core machine). Returns this call's rows.
     d_model None: the width of the models `train` left in out/ (else 128)."""
-    from adamba.serve.generate import load_model
-    from adamba.train.checkpoint import read_checkpoint
+    from adamba.checkpoint import load_model, read_checkpoint
 
     def latest(run_dir: Path):
         """The run's latest checkpoint, None if it has none."""
@@ -352,7 +351,7 @@ def bpb_of(ce: torch.Tensor, tgts: torch.Tensor, token_bytes: torch.Tensor) -> f
 def measure(
     out: Path, n_seq: int, length: int, prompt: int, batch: int, width_gate_steps: int = 1000, rounds: int = 3
 ) -> dict:
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     torch.set_num_threads(1)
     model, tok, ckpt = load_model(out / "elastic")
@@ -563,7 +562,7 @@ def batch_speed(out: Path, batches: list[int], tokens: int, prompt: int, rounds:
     Modes are interleaved within each round; the best of `rounds` is kept."""
     import time
 
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     torch.set_num_threads(1)
     model, _, ckpt = load_model(out / "elastic")
@@ -659,7 +658,7 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
     the runner's."""
     import time
 
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     torch.set_num_threads(1)
     model, _, ckpt = load_model(out / "elastic")
@@ -776,7 +775,7 @@ def calm_sweep(out: Path, rows_max: int = 128, seq: int = 128) -> list[dict]:
     checked layers, exit when the intermediate prediction's top-1 minus top-2 probability is
     >= the threshold. Batched at full width without copy-forward (an approximation of decoding);
     FLOPs count each check's LM-head matmul, which the ConfidenceGate avoids."""
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     model = load_model(out / "elastic")[0]
     L, D, V = len(model.blocks), model.cfg.d_model, model.cfg.vocab_size
@@ -838,7 +837,7 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
     validation rows; score the exit rule on the last third (batched, no copy-forward, layers
     skipped as the cost). The gap to the in-training gate says how much the gate's training
     (sandwich-mixed widths, a moving LM) costs."""
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     torch.manual_seed(0)
     model = load_model(out / "elastic")[0]
@@ -919,8 +918,8 @@ def calibrated_sweep(out: Path, hidden: int, steps: int, reuse: int = 1) -> dict
     copy-forward K/V), next to the model's full-width bits/byte. How the calibration length,
     gate size and training recipe (e.g. --set elastic.exit_distill_weight=1.0 at `train`) move
     the curve of argmax changes against layer FLOPs skipped."""
+    from adamba.checkpoint import load_model
     from adamba.data.loader import TokenLoader
-    from adamba.serve.generate import load_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -959,8 +958,8 @@ def width_headroom(out: Path, train_rows: int = 2000, prompt: int = 16, seq: int
     bound), and the predictor's recipe refitted on the frozen final model from the prompt
     only, at several tolerances (an MLP on the pooled prompt state, like the predictor,
     trained on `train_rows` training rows)."""
+    from adamba.checkpoint import load_model
     from adamba.data.shards import load_tokens, read_manifest
-    from adamba.serve.generate import load_model
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -1097,9 +1096,9 @@ def seed_experiment(out: Path, steps: int, extra: list[str] | None = None) -> di
     the matching MLP units), trained with Matryoshka sampling + gate + predictor on the
     easy/hard mix; then auto mode decodes held-out easy and hard documents and counts early
     exits and expansions, next to the seed's claimed 71.5% / 3%."""
+    from adamba.checkpoint import load_model
     from adamba.data.shards import write_shards
     from adamba.data.tokenizer import Tokenizer
-    from adamba.serve.generate import load_model
     from adamba.train.trainer import run
 
     out.mkdir(parents=True, exist_ok=True)

@@ -30,12 +30,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from adamba.checkpoint import load_model  # noqa: E402
 from adamba.config import load_config  # noqa: E402
 from adamba.data.loader import TokenLoader  # noqa: E402
 from adamba.data.shards import load_tokens, read_manifest  # noqa: E402
 from adamba.data.tokenizer import Tokenizer  # noqa: E402
 from adamba.eval.bpb import evaluate_bpb, unigram_bpb  # noqa: E402
-from adamba.serve.generate import load_model  # noqa: E402
 from adamba.train import trainer  # noqa: E402
 
 PRESETS = {"dense": "tiny-cpu", "hybrid": "adamba-hybrid-tiny", "kda": "kda-tiny"}

@@ -306,7 +306,7 @@ def test_head_settings_leave_the_lm_bit_identical(data, tmp_path):
     """The gate and predictor clip their gradients on their own norm: runs that differ only in
     the heads' loss weights and the predictor's tolerance train the same LM, bit for bit, with
     the clip active at every step (a shared norm would let the heads shrink the LM's steps)."""
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
     from adamba.train import trainer
 
     models = []
@@ -331,8 +331,8 @@ def read_rows(run_dir):
 
 
 def test_elastic_training_resume_is_exact(data, tmp_path, monkeypatch):
+    from adamba import checkpoint as ck
     from adamba.data.loader import TokenLoader
-    from adamba.train import checkpoint as ck
     from adamba.train import trainer
     from adamba.train.monitor import read_metrics
 
@@ -357,7 +357,7 @@ def test_elastic_training_resume_is_exact(data, tmp_path, monkeypatch):
     assert a[-1][1] < a[0][1]
     ckpt = ck.read_checkpoint(tmp_path / "a")
     assert ckpt.cfg.elastic.enabled
-    from adamba.serve.generate import load_model
+    from adamba.checkpoint import load_model
 
     model, _, _ = load_model(tmp_path / "a")  # gate/predictor weights load back
     assert hasattr(model, "elastic")
@@ -379,7 +379,8 @@ def elastic_run(data, tmp_path_factory):
 
 
 def test_generate_text_in_every_mode(elastic_run):
-    from adamba.serve.generate import generate_text, load_model
+    from adamba.checkpoint import load_model
+    from adamba.serve.generate import generate_text
 
     model, tok, _ = load_model(elastic_run / "el")
     flops = {}
@@ -722,7 +723,7 @@ def test_auto_applies_the_predicted_width_uniformly():
 def test_trainer_gate_calibration_phase_runs_once(data, tmp_path):
     """elastic.calibrate_steps: after the LM steps the trainer refits the gate with the LM
     frozen, records it in the checkpoint and the metrics, and a resumed run does not redo it."""
-    from adamba.train import checkpoint as ck
+    from adamba import checkpoint as ck
     from adamba.train import trainer
 
     over = elastic_overrides(data, tmp_path / "c", steps=3) + [

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from adamba import checkpoint as ck
 from adamba.config import load_config
 from adamba.errors import AdambaError
-from adamba.train import checkpoint as ck
 from adamba.train import trainer
 from adamba.train.monitor import read_metrics
 from tests.helpers import make_tiny_data, tiny_overrides

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, device="cpu", autocast=None) -> dict:
-    """Mean loss and bits-per-byte over (x, y) batches."""
+    """Mean loss and bits-per-byte over (x, y) batches, in eval mode; the model is left in the
+    mode it came in (the trainer's model goes back to training, a loaded model stays in eval)."""
+    was_training = model.training
     model.eval()
     nats = 0.0
     n_bytes = 0
@@ -35,7 +37,7 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, device="cp
         n_bytes += int(b.sum())
         loss_sum += float(ce.sum())
         n_tok += ce.numel()
-    model.train()
+    model.train(was_training)
     return {
         "loss": loss_sum / max(1, n_tok),
         "bpb": nats / (math.log(2) * max(1, n_bytes)),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from adamba.checkpoint import load_model
 from adamba.data.loader import TokenLoader
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
-from adamba.serve.generate import load_model
 
 TASKS = ("bpb", "efficiency")
 EFFICIENCY_MAX_SEQS = 8  # token-by-token decoding of every mode is slow: a few sequences

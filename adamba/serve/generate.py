@@ -1,42 +1,13 @@
-"""Load a trained checkpoint with its tokenizer and generate text from a prompt."""
+"""Generate text from a prompt with a loaded model (`adamba.checkpoint.load_model`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
 from adamba.data.tokenizer import Tokenizer
-from adamba.errors import AdambaError
 from adamba.model.lm import LM
-from adamba.train import checkpoint as ck
-
-
-def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
-    """(model in eval mode, tokenizer, checkpoint) from a run directory or checkpoint folder.
-
-    The tokenizer defaults to the copy saved inside the checkpoint; a different one must have
-    exactly the vocabulary size the model was trained with."""
-    ckpt = ck.read_checkpoint(ckpt_path)
-    tok_path = tokenizer_path or ckpt.tokenizer_path
-    if tok_path is None:
-        raise AdambaError(f"{ckpt.path} holds no tokenizer.json; pass --tokenizer PATH")
-    if not Path(tok_path).exists():
-        raise AdambaError(f"tokenizer not found: {tok_path}")
-    tokenizer = Tokenizer.load(tok_path)
-    if tokenizer.vocab_size != ckpt.cfg.model.vocab_size:
-        raise AdambaError(
-            f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the checkpoint {ckpt.path} expects "
-            f"{ckpt.cfg.model.vocab_size}; use the tokenizer the model was trained with"
-        )
-    model = LM(ckpt.cfg.model)
-    if ckpt.cfg.elastic.enabled:  # gate + predictor weights are part of the checkpoint
-        from adamba.model.elastic import attach_elastic
-
-        attach_elastic(model, ckpt.cfg.elastic)
-    ck.load_weights(model, ckpt)
-    return model.to(device).eval(), tokenizer, ckpt
 
 
 def generate_text(

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
+from adamba import checkpoint as ck
 from adamba.config import Config
 from adamba.data.loader import TokenLoader
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
-from adamba.train import checkpoint as ck
 from adamba.train.monitor import MetricsLog, ProgressDisplay
 from adamba.train.optim import build_optimizer
 from adamba.train.schedule import lr_multiplier

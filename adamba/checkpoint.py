@@ -1,4 +1,6 @@
-"""Checkpoints: safetensors weights + JSON config + optimizer/loader/RNG state, written atomically.
+"""Checkpoints: safetensors weights + JSON config + optimizer/loader/RNG state, written atomically,
+and `load_model`, which every room that reads a trained model calls (eval, serve, and later
+surgery and post-training): it sits just above `model` so none of them imports another.
 
 Layout of a run directory:
     RUN/checkpoints/step_000200/{model.safetensors, config.json, tokenizer.json, trainer.pt, state.json}
@@ -21,10 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model
 
 from adamba.config import Config, config_from_dict
+from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
+from adamba.model.lm import LM
 
 WEIGHTS = "model.safetensors"
 KEEP_LAST = 2
@@ -168,7 +173,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     try:
-        load_model(model, str(ckpt.path / WEIGHTS), strict=True)
+        st_load_model(model, str(ckpt.path / WEIGHTS), strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise AdambaError(f"{ckpt.path / WEIGHTS} does not match the model config: {first}") from e
@@ -181,3 +186,29 @@ def load_trainer_state(ckpt: Checkpoint) -> dict:
             f"{ckpt.path} has no trainer.pt (optimizer state): it cannot be resumed, only sampled"
         )
     return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
+    """(model in eval mode, tokenizer, checkpoint) from a run directory or checkpoint folder.
+
+    The tokenizer defaults to the copy saved inside the checkpoint; a different one must have
+    exactly the vocabulary size the model was trained with."""
+    ckpt = read_checkpoint(ckpt_path)
+    tok_path = tokenizer_path or ckpt.tokenizer_path
+    if tok_path is None:
+        raise AdambaError(f"{ckpt.path} holds no tokenizer.json; pass --tokenizer PATH")
+    if not Path(tok_path).exists():
+        raise AdambaError(f"tokenizer not found: {tok_path}")
+    tokenizer = Tokenizer.load(tok_path)
+    if tokenizer.vocab_size != ckpt.cfg.model.vocab_size:
+        raise AdambaError(
+            f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the checkpoint {ckpt.path} expects "
+            f"{ckpt.cfg.model.vocab_size}; use the tokenizer the model was trained with"
+        )
+    model = LM(ckpt.cfg.model)
+    if ckpt.cfg.elastic.enabled:  # gate + predictor weights are part of the checkpoint
+        from adamba.model.elastic import attach_elastic
+
+        attach_elastic(model, ckpt.cfg.elastic)
+    load_weights(model, ckpt)
+    return model.to(device).eval(), tokenizer, ckpt
