@@ -1,8 +1,11 @@
 """Plain dataclasses for every setting, TOML presets and type-checked dotted overrides.
 
-A config file has one table per section ([model], [data], [train], [run]); `--set
-section.key=value` overrides one field after loading. Unknown keys and wrong types fail with one
-line that names the key and lists the valid ones, because a typo silently ignored costs a run.
+A config file has one table per section ([model], [data], [train], [run], [elastic]); the model's
+layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
+`--set section.key=value` (or `section.table.key=value`) overrides one field after loading.
+Unknown keys and wrong types fail with one line that names the key and lists the valid ones,
+because a typo silently ignored costs a run. Files in an older layout are migrated on load
+(`migrate`).
 """
 
 from __future__ import annotations
@@ -26,36 +29,56 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
+class AttnConfig:
+    """[model.attn]: causal self-attention (A layers)."""
+
+    n_head: int = 4
+    n_kv_head: int = 4
+    head_dim: int = 0  # 0 = d_model // n_head (resolved by validate)
+    use_rope: bool = True
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    window: int = 0  # sliding-window size, 0 = full causal attention
+
+
+@dataclass
+class MLPConfig:
+    """[model.mlp]: the feed-forward of every layer that has one."""
+
+    act: str = "relu2"  # "relu2" or "swiglu"
+    ratio: float = 4.0  # hidden = round(ratio * d_model)
+
+
+@dataclass
+class MambaConfig:
+    """[model.mamba]: Mamba2 (M layers); names follow transformers' Mamba2Config."""
+
+    d_state: int = 64
+    d_conv: int = 4
+    expand: int = 2
+    head_dim: int = 32
+    n_groups: int = 1
+    chunk_size: int = 64
+    ffn: str = "mlp"  # feed-forward on M layers ("none" as in Mamba2 LMs)
+
+
+@dataclass
+class KDAConfig:
+    """[model.kda]: Kimi Delta Attention (K layers)."""
+
+    n_head: int = 0  # 0 = attn.n_head (resolved by validate)
+    head_dim: int = 0  # 0 = attn.head_dim (resolved by validate)
+    conv: int = 4
+    chunk_size: int = 64
+
+
+@dataclass
 class ModelConfig:
     vocab_size: int = 4096
     d_model: int = 256
     n_layer: int = 4
     pattern: str = "A"  # layer mixers, repeated to n_layer: A attention, M Mamba2, K KDA
     ffn: str = "mlp"  # feed-forward per layer: "mlp" or "none"; a string of letters D/N repeats too
-    mamba_ffn: str = "mlp"  # feed-forward on M layers ("none" as in Mamba2 LMs)
-    # attention
-    n_head: int = 4
-    n_kv_head: int = 4
-    head_dim: int = 0  # 0 = d_model // n_head
-    use_rope: bool = True
-    rope_theta: float = 10000.0
-    qk_norm: bool = True
-    window: int = 0  # sliding-window size, 0 = full causal attention
-    # feed-forward
-    mlp_act: str = "relu2"  # "relu2" or "swiglu"
-    mlp_ratio: float = 4.0  # hidden = round(mlp_ratio * d_model)
-    # Mamba2
-    mamba_d_state: int = 64
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_headdim: int = 32
-    mamba_ngroups: int = 1
-    mamba_chunk_size: int = 64
-    # Kimi Delta Attention
-    kda_n_head: int = 0  # 0 = n_head
-    kda_head_dim: int = 0  # 0 = attention head_dim
-    kda_conv: int = 4
-    kda_chunk_size: int = 64
     # embeddings, norms, init
     tie_embeddings: bool = False
     max_seq_len: int = 1024
@@ -63,43 +86,43 @@ class ModelConfig:
     init_std: float = 0.02
     # zero the residual output projections and the LM head (every block starts as the identity)
     zero_init_out: bool = False
-
-    def __post_init__(self) -> None:
-        self._derive()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "head_dim":  # 0 means "derive from d_model // n_head", now and after overrides
-            object.__setattr__(self, "_auto_head_dim", value == 0)
-        object.__setattr__(self, name, value)
-
-    def _derive(self) -> None:
-        if getattr(self, "_auto_head_dim", True) and self.n_head > 0:
-            object.__setattr__(self, "head_dim", self.d_model // self.n_head)
+    attn: AttnConfig = field(default_factory=AttnConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+    kda: KDAConfig = field(default_factory=KDAConfig)
 
     def layer_types(self) -> list[str]:
         """The mixer letter of every layer: the pattern repeated and cut to n_layer."""
         return _repeat(self.pattern, self.n_layer, "model.pattern", "AMK")
 
     def layer_ffns(self) -> list[str]:
-        """'mlp' or 'none' per layer (M layers follow mamba_ffn)."""
+        """'mlp' or 'none' per layer (M layers follow mamba.ffn)."""
         if self.ffn in ("mlp", "none"):
             base = [self.ffn] * self.n_layer
         else:
             base = ["mlp" if c == "D" else "none" for c in _repeat(self.ffn, self.n_layer, "model.ffn", "DN")]
-        return [self.mamba_ffn if t == "M" else f for t, f in zip(self.layer_types(), base)]
+        return [self.mamba.ffn if t == "M" else f for t, f in zip(self.layer_types(), base)]
 
-    def validate(self) -> None:
-        self._derive()
+    def validate(self) -> ModelConfig:
+        """Check the values and resolve the derived defaults (the 0s of attn.head_dim, kda.n_head,
+        kda.head_dim), so layers read plain numbers. Run it after the last override: a resolved
+        head_dim no longer follows d_model."""
+        a = self.attn
+        if a.head_dim == 0 and a.n_head > 0:
+            a.head_dim = self.d_model // a.n_head
+        self.kda.n_head = self.kda.n_head or a.n_head
+        self.kda.head_dim = self.kda.head_dim or a.head_dim
         self.layer_types()
         self.layer_ffns()
-        if "A" in self.pattern and self.n_head % max(self.n_kv_head, 1):
+        if "A" in self.pattern and a.n_head % max(a.n_kv_head, 1):
             raise AdambaError(
-                f"model.n_head={self.n_head} must be a multiple of model.n_kv_head={self.n_kv_head} (GQA groups)"
+                f"model.attn.n_head={a.n_head} must be a multiple of model.attn.n_kv_head={a.n_kv_head} (GQA groups)"
             )
-        if self.mlp_act not in ("relu2", "swiglu"):
-            raise AdambaError(f"model.mlp_act={self.mlp_act!r}: choose 'relu2' or 'swiglu'")
-        if self.mamba_ffn not in ("mlp", "none"):
-            raise AdambaError(f"model.mamba_ffn={self.mamba_ffn!r}: choose 'mlp' or 'none'")
+        if self.mlp.act not in ("relu2", "swiglu"):
+            raise AdambaError(f"model.mlp.act={self.mlp.act!r}: choose 'relu2' or 'swiglu'")
+        if self.mamba.ffn not in ("mlp", "none"):
+            raise AdambaError(f"model.mamba.ffn={self.mamba.ffn!r}: choose 'mlp' or 'none'")
+        return self
 
 
 def _repeat(pattern: str, n: int, key: str, letters: str) -> list[str]:
@@ -301,36 +324,116 @@ def _parse_literal(key: str, text: str) -> Any:
         ) from e
 
 
+# Keys that moved when the flat [model] table became nested tables: TOML files and checkpoints'
+# config.json written before are migrated on load (`migrate`); `--set` with an old name says the
+# new one.
+MOVED = {
+    **{f"model.{k}": f"model.attn.{k}" for k in ("n_head", "n_kv_head", "head_dim", "use_rope")},
+    **{f"model.{k}": f"model.attn.{k}" for k in ("rope_theta", "qk_norm", "window")},
+    "model.mlp_act": "model.mlp.act",
+    "model.mlp_ratio": "model.mlp.ratio",
+    "model.mamba_ffn": "model.mamba.ffn",
+    "model.mamba_d_state": "model.mamba.d_state",
+    "model.mamba_d_conv": "model.mamba.d_conv",
+    "model.mamba_expand": "model.mamba.expand",
+    "model.mamba_headdim": "model.mamba.head_dim",
+    "model.mamba_ngroups": "model.mamba.n_groups",
+    "model.mamba_chunk_size": "model.mamba.chunk_size",
+    "model.kda_n_head": "model.kda.n_head",
+    "model.kda_head_dim": "model.kda.head_dim",
+    "model.kda_conv": "model.kda.conv",
+    "model.kda_chunk_size": "model.kda.chunk_size",
+}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict in today's layout: keys of older layouts (MOVED) put where they live now.
+    Returns a new dict; the input is left alone."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for old, new in MOVED.items():
+        sec, key = old.split(".", 1)
+        table = out.get(sec)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table.pop(key)
+        *path, leaf = new.split(".")[1:]
+        node = table
+        for name in path:
+            node[name] = dict(node.get(name) or {})
+            node = node[name]
+        if leaf in node and node[leaf] != value:
+            raise AdambaError(f"config sets both '{old}' (the old name) and '{new}'; keep '{new}'")
+        node[leaf] = value
+    return out
+
+
 def _section(cfg: Config, name: str) -> Any:
     if name not in SECTIONS:
         raise AdambaError(f"unknown config section '{name}'; valid sections: {', '.join(SECTIONS)}")
     return getattr(cfg, name)
 
 
+def _table(cfg: Config, path: list[str]) -> tuple[Any, str]:
+    """The dataclass at a dotted table path (['model', 'attn']) and its printable name."""
+    obj = _section(cfg, path[0])
+    for i, name in enumerate(path[1:], 1):
+        sub = getattr(obj, name, None) if name in _fields(obj) else None
+        if not dataclasses.is_dataclass(sub):
+            where = ".".join(path[:i])
+            tables = [f for f in _fields(obj) if dataclasses.is_dataclass(getattr(obj, f))]
+            hint = f"; tables in [{where}]: {', '.join(tables)}" if tables else ""
+            raise AdambaError(f"unknown config table '{'.'.join(path[: i + 1])}'{hint}")
+        obj = sub
+    return obj, ".".join(path)
+
+
+def _fields(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set `section.key` to value, type-checked against the dataclass field."""
-    if "." not in dotted:
+    """Set `section.key` (or `section.table.key`) to value, type-checked against the dataclass field."""
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(parts):
         raise AdambaError(
             f"config key '{dotted}' must look like section.key (sections: {', '.join(SECTIONS)})"
         )
-    sec_name, key = dotted.split(".", 1)
-    sec = _section(cfg, sec_name)
-    hints = typing.get_type_hints(type(sec))
+    table, where = _table(cfg, parts[:-1])
+    key = parts[-1]
+    hints = typing.get_type_hints(type(table))
     if key not in hints:
-        valid = ", ".join(f.name for f in dataclasses.fields(sec))
-        raise AdambaError(f"unknown config key '{dotted}'; valid keys in [{sec_name}]: {valid}")
-    setattr(sec, key, _coerce(dotted, value, hints[key]))
+        if dotted in MOVED:
+            raise AdambaError(f"config key '{dotted}' is now '{MOVED[dotted]}'")
+        raise AdambaError(
+            f"unknown config key '{dotted}'; valid keys in [{where}]: {', '.join(_fields(table))}"
+        )
+    if dataclasses.is_dataclass(hints[key]):
+        sub = _fields(getattr(table, key))
+        raise AdambaError(f"'{dotted}' is a table: set one of its keys, e.g. {dotted}.{sub[0]}")
+    setattr(table, key, _coerce(dotted, value, hints[key]))
 
 
 def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
-    for sec_name, table in data.items():
+    """Apply a (TOML-shaped) dict of tables, after migrating older layouts."""
+
+    def walk(prefix: str, table: dict[str, Any]) -> None:
+        obj, _ = _table(cfg, prefix.split("."))
+        for key, value in table.items():
+            sub = getattr(obj, key, None) if key in _fields(obj) else None
+            if dataclasses.is_dataclass(sub):
+                if not isinstance(value, dict):
+                    raise AdambaError(f"{source}: '{prefix}.{key}' must be a [{prefix}.{key}] table")
+                walk(f"{prefix}.{key}", value)
+            else:
+                set_value(cfg, f"{prefix}.{key}", value)
+
+    for sec_name, table in migrate(data).items():
         if not isinstance(table, dict):
             raise AdambaError(
                 f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}"
             )
         _section(cfg, sec_name)
-        for key, value in table.items():
-            set_value(cfg, f"{sec_name}.{key}", value)
+        walk(sec_name, table)
     return cfg
 
 
@@ -372,18 +475,23 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with to_dict (e.g. from a checkpoint's config.json)."""
-    cfg = Config()
-    if "elastic" in data and "gate_hidden" not in data["elastic"]:
-        # saved before elastic.gate_hidden existed: those gates were Linear(d, 1), whatever
-        # today's default says, and the weights must load into the same shape
-        cfg.elastic.gate_hidden = 0
-    if "elastic" in data and "gate_per_width" not in data["elastic"]:
-        cfg.elastic.gate_per_width = False  # saved before per-width gates existed: none in the weights
-    for sec_name, table in data.items():
-        sec = _section(cfg, sec_name)
-        names = {f.name for f in dataclasses.fields(sec)}
+    """Rebuild a Config saved with to_dict (a checkpoint's config.json), migrated to today's
+    layout. Lenient where loading a TOML file is strict: a key this version no longer has is
+    skipped, so an older checkpoint still loads (its weights are checked separately)."""
+
+    def fill(obj: Any, table: dict[str, Any]) -> None:
+        names = set(_fields(obj))
         for k, v in table.items():
-            if k in names:
-                setattr(sec, k, v)
+            if k not in names:
+                continue
+            if dataclasses.is_dataclass(getattr(obj, k)):
+                if isinstance(v, dict):
+                    fill(getattr(obj, k), v)
+            else:
+                setattr(obj, k, v)
+
+    cfg = Config()
+    for sec_name, table in migrate(data).items():
+        if isinstance(table, dict):
+            fill(_section(cfg, sec_name), table)
     return cfg

@@ -53,9 +53,9 @@ SWEEP = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.99)  # exit thresholds swept
 
 BASE = [  # + model.d_model and train.lr from `train --d-model --lr` (128, 3e-3)
     "model.n_layer=8",
-    "model.n_head=8",
-    "model.n_kv_head=2",
-    "model.mlp_ratio=4.0",
+    "model.attn.n_head=8",
+    "model.attn.n_kv_head=2",
+    "model.mlp.ratio=4.0",
     "model.max_seq_len=128",
     "data.seq_len=128",
     "train.batch_size=16",
@@ -85,7 +85,12 @@ ELASTIC = [
 def half_shape(d_model: int) -> list[str]:
     """The dense peer shaped like the elastic model's half-width sub-network: half the query
     heads (4 of 8, one KV head), the same head size, half the MLP units."""
-    return ["model.n_head=4", "model.n_kv_head=1", f"model.head_dim={d_model // 8}", "model.mlp_ratio=2.0"]
+    return [
+        "model.attn.n_head=4",
+        "model.attn.n_kv_head=1",
+        f"model.attn.head_dim={d_model // 8}",
+        "model.mlp.ratio=2.0",
+    ]
 
 
 def link_quickstart(qs: Path, out: Path) -> None:
@@ -496,7 +501,7 @@ def speed_scaling(
     quarter as many KV heads. kv_heads > 0 sets the KV heads instead: a narrow width reads the
     KV heads its query heads need, so with few KV heads ghost still reads a large part of the
     cache (what bounds batched decoding at long contexts)."""
-    from adamba.config import ModelConfig
+    from adamba.config import AttnConfig, ModelConfig
     from adamba.model.lm import LM
 
     torch.set_num_threads(1)
@@ -508,10 +513,9 @@ def speed_scaling(
             vocab_size=vocab,
             d_model=d,
             n_layer=n_layer,
-            n_head=n_head,
-            n_kv_head=kv_heads or max(1, n_head // 4),
+            attn=AttnConfig(n_head=n_head, n_kv_head=kv_heads or max(1, n_head // 4)),
             max_seq_len=512,
-        )
+        ).validate()
         ecfg = ElasticConfig(enabled=True)
         ecfg.validate()
         model = el.attach_elastic(LM(mcfg), ecfg).eval().to(device, getattr(torch, dtype))
@@ -522,7 +526,7 @@ def speed_scaling(
             "device": device,
             "batch": batch,
             "dtype": dtype,
-            "n_kv_head": mcfg.n_kv_head,
+            "n_kv_head": mcfg.attn.n_kv_head,
             "tokens": tokens,
         }
         for mode in ("ghost", "whisper", "normal", "think"):
@@ -1113,8 +1117,8 @@ def seed_experiment(out: Path, steps: int, extra: list[str] | None = None) -> di
         + [
             "model.d_model=256",
             "model.n_layer=8",
-            "model.n_head=8",
-            "model.n_kv_head=8",
+            "model.attn.n_head=8",
+            "model.attn.n_kv_head=8",
             "model.max_seq_len=64",
             "data.seq_len=64",
             "train.batch_size=16",

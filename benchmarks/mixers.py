@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from adamba.config import ModelConfig, load_config  # noqa: E402
+from adamba.config import AttnConfig, KDAConfig, ModelConfig, load_config  # noqa: E402
 from adamba.model.lm import LM  # noqa: E402
 from adamba.nn.attention import Attention, KVState  # noqa: E402
 from adamba.nn.hf_twins import hf_kimi_delta_attention, hf_mamba2_mixer  # noqa: E402
@@ -125,8 +125,12 @@ def mixer_configs(d_model: int) -> ModelConfig:
     """One config for all three layer kinds at the same width: Mamba2 with expand 2 (heads of 32,
     d_state 64), KDA and attention with 4 heads of 64 (attention GQA with 2 KV heads)."""
     return ModelConfig(
-        d_model=d_model, n_head=4, n_kv_head=2, pattern="A", max_seq_len=256, kda_head_dim=d_model // 4
-    )
+        d_model=d_model,
+        pattern="A",
+        max_seq_len=256,
+        attn=AttnConfig(n_head=4, n_kv_head=2),
+        kda=KDAConfig(head_dim=d_model // 4),
+    ).validate()
 
 
 def contenders(T: int, cfg: ModelConfig, naive: bool) -> dict[str, tuple[str, Callable[[], None]]]:
@@ -135,8 +139,9 @@ def contenders(T: int, cfg: ModelConfig, naive: bool) -> dict[str, tuple[str, Ca
     out: dict[str, tuple[str, Callable[[], None]]] = {}
 
     # SSD scan op, shapes of the Mamba2 layer
-    h, p = cfg.mamba_expand * cfg.d_model // cfg.mamba_headdim, cfg.mamba_headdim
-    g, n, Q = cfg.mamba_ngroups, cfg.mamba_d_state, cfg.mamba_chunk_size
+    mc = cfg.mamba
+    h, p = mc.expand * cfg.d_model // mc.head_dim, mc.head_dim
+    g, n, Q = mc.n_groups, mc.d_state, mc.chunk_size
     x = torch.randn(1, T, h, p, requires_grad=True)
     dt = F.softplus(torch.randn(1, T, h) - 2).requires_grad_()
     A = (-torch.rand(h) * 3 - 0.1).requires_grad_()
@@ -154,7 +159,7 @@ def contenders(T: int, cfg: ModelConfig, naive: bool) -> dict[str, tuple[str, Ca
         out["naive ssd_recurrent"] = ("SSD op", fwd_bwd(ssd_recurrent, ssd_in))
 
     # KDA op, shapes of the KDA layer
-    kh, kd = cfg.n_head, cfg.kda_head_dim
+    kh, kd = cfg.kda.n_head, cfg.kda.head_dim
     q = l2norm(torch.randn(1, T, kh, kd)).requires_grad_()
     k = l2norm(torch.randn(1, T, kh, kd)).requires_grad_()
     v = torch.randn(1, T, kh, kd, requires_grad=True)
@@ -377,9 +382,10 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "batch": 1,
         "d_model": cfg.d_model,
-        "mamba": f"{cfg.mamba_expand * cfg.d_model // cfg.mamba_headdim} heads x {cfg.mamba_headdim}, d_state {cfg.mamba_d_state}, chunk {cfg.mamba_chunk_size}",
-        "kda": f"{cfg.n_head} heads x {cfg.kda_head_dim} (d_k = d_v), chunk {cfg.kda_chunk_size}",
-        "attention": f"{cfg.n_head} heads x {cfg.head_dim}, {cfg.n_kv_head} KV heads, RoPE, SDPA",
+        "mamba": f"{cfg.mamba.expand * cfg.d_model // cfg.mamba.head_dim} heads x {cfg.mamba.head_dim}, "
+        f"d_state {cfg.mamba.d_state}, chunk {cfg.mamba.chunk_size}",
+        "kda": f"{cfg.kda.n_head} heads x {cfg.kda.head_dim} (d_k = d_v), chunk {cfg.kda.chunk_size}",
+        "attention": f"{cfg.attn.n_head} heads x {cfg.attn.head_dim}, {cfg.attn.n_kv_head} KV heads, RoPE, SDPA",
         "peak_memory_method": "torch.profiler(profile_memory=True): max running sum of CPU tensor allocations "
         "during one fwd+bwd, on top of tensors alive before it",
     }

@@ -17,7 +17,7 @@ steps, which compile, are not timed). A preset name may carry overrides after '+
 
     python benchmarks/train_throughput.py [--presets tiny-cpu,small-cpu] [--steps 12] [--threads 2] [--compile]
     python benchmarks/train_throughput.py --device cuda --dtype bfloat16 --batch 8 \\
-        --presets 'kda-100m+model.pattern=A+model.use_rope=true,kda-100m,kda-100m+model.pattern=MMMA'
+        --presets 'kda-100m+model.pattern=A+model.attn.use_rope=true,kda-100m,kda-100m+model.pattern=MMMA'
 """
 
 from __future__ import annotations
@@ -81,7 +81,11 @@ def bench_preset(
     base = load_config(name, overrides)
     hybrid = set(base.model.pattern) != {"A"}
     # the same math as Llama (tests/test_model.py proves equality): SwiGLU, no QK-norm
-    cfg = base if hybrid else load_config(name, [*overrides, "model.mlp_act=swiglu", "model.qk_norm=false"])
+    cfg = (
+        base
+        if hybrid
+        else load_config(name, [*overrides, "model.mlp.act=swiglu", "model.attn.qk_norm=false"])
+    )
     m = cfg.model
     B, T = batch or cfg.train.batch_size, seq or cfg.data.seq_len
     torch.manual_seed(0)
@@ -127,7 +131,7 @@ def bench_preset(
         n = sum(p.numel() for p in mod.parameters())
         t = sorted(times[k])[len(times[k]) // 2]  # median
         tok_s = B * T / t
-        fpt = flops_per_token(n - n_embed, n_attn, m.n_head * m.head_dim, T)
+        fpt = flops_per_token(n - n_embed, n_attn, m.attn.n_head * m.attn.head_dim, T)
         row = {"preset": spec, "pattern": m.pattern, "model": k, "params": n, "batch": B, "seq": T}
         rows.append(row | {"step_s": t, "tok_s": tok_s, "mfu": tok_s * fpt / peak})
     base_tok = next(r["tok_s"] for r in rows if r["model"] == peer)

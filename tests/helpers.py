@@ -5,6 +5,8 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+from adamba.config import Config, ModelConfig, apply_dict
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 MODULES = [
     "textwrap.py",
@@ -40,8 +42,8 @@ def tiny_overrides(data: dict, out: Path, steps: int = 8) -> list[str]:
     return [
         "model.d_model=32",
         "model.n_layer=2",
-        "model.n_head=2",
-        "model.n_kv_head=1",
+        "model.attn.n_head=2",
+        "model.attn.n_kv_head=1",
         "model.max_seq_len=32",
         "data.seq_len=32",
         f"data.train={data['train']}",
@@ -56,3 +58,15 @@ def tiny_overrides(data: dict, out: Path, steps: int = 8) -> list[str]:
         "run.progress=false",
         f"run.out_dir={out}",
     ]
+
+
+def model_config(*tables: dict, **kw) -> ModelConfig:
+    """A validated ModelConfig from nested dicts, later ones winning key by key inside tables:
+    model_config({"d_model": 64, "attn": {"n_head": 4}}, attn={"window": 5})."""
+    merged: dict = {}
+    for t in (*tables, kw):
+        for k, v in t.items():
+            merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+    cfg = Config()
+    apply_dict(cfg, {"model": merged})
+    return cfg.model.validate()

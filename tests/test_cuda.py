@@ -6,9 +6,9 @@ is not installed. benchmarks/README.md says when these last ran on a GPU, and wi
 import pytest
 import torch
 
-from adamba.config import ModelConfig
 from adamba.model.lm import LM
 from adamba.ops import dispatch
+from tests.helpers import model_config
 from tests.test_kda import _op_inputs
 from tests.test_ssd import make_inputs, rel_err
 
@@ -73,16 +73,14 @@ def test_kda_kernel_forward_and_gradients_match_reference():
 
 
 def hybrid(pattern: str) -> LM:
-    cfg = ModelConfig(
+    cfg = model_config(
         vocab_size=211,
         d_model=128,
         n_layer=len(pattern),
-        n_head=4,
-        n_kv_head=2,
+        attn={"n_head": 4, "n_kv_head": 2},
         pattern=pattern,
-        mamba_d_state=32,
-        mamba_headdim=32,
-        kda_head_dim=32,
+        mamba={"d_state": 32, "head_dim": 32},
+        kda={"head_dim": 32},
         max_seq_len=512,
     )
     torch.manual_seed(0)

@@ -3,40 +3,46 @@
 import pytest
 import torch
 
-from adamba.config import Config, ElasticConfig, ModelConfig, load_config
+from adamba.config import ElasticConfig, load_config
 from adamba.errors import AdambaError
 from adamba.model import elastic as el
 from adamba.model.cache import MatryoshkaKVCache
 from adamba.model.lm import LM
 from adamba.nn.attention import Attention
 from adamba.nn.mlp import MLP
+from tests.helpers import model_config
 
 WIDTHS = [0.125, 0.25, 0.5, 1.0]
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=97, d_model=64, n_layer=3, n_head=8, n_kv_head=2, head_dim=8, max_seq_len=64)
-    base.update(kw)
-    return ModelConfig(**base)
+def tiny(**kw):
+    base = dict(
+        vocab_size=97,
+        d_model=64,
+        n_layer=3,
+        attn={"n_head": 8, "n_kv_head": 2, "head_dim": 8},
+        max_seq_len=64,
+    )
+    return model_config(base, **kw)
 
 
 @pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
-@pytest.mark.parametrize("kw", [{}, {"window": 4}, {"qk_norm": False, "use_rope": False}])
+@pytest.mark.parametrize("kw", [{}, {"window": 4}, {"qk_norm": False, "use_rope": False}])  # [model.attn]
 def test_attention_slice_equals_standalone_small_layer(width, kw):
     torch.manual_seed(0)
-    cfg = tiny(**kw)
+    cfg = tiny(attn=kw)
     big = Attention(cfg)
     for p in big.parameters():
         torch.nn.init.normal_(p, 0, 0.3)
     hq, hkv = big.heads_at(width)
-    small = Attention(tiny(n_head=hq, n_kv_head=hkv, **kw))
-    hd = cfg.head_dim
+    small = Attention(tiny(attn={"n_head": hq, "n_kv_head": hkv, **kw}))
+    hd = cfg.attn.head_dim
     W = big.qkv_proj.weight
     kq, kk = big.q_dim, big.q_dim + big.kv_dim
     with torch.no_grad():
         small.qkv_proj.weight.copy_(torch.cat([W[: hq * hd], W[kq : kq + hkv * hd], W[kk : kk + hkv * hd]]))
         small.o_proj.weight.copy_(big.o_proj.weight[:, : hq * hd])
-        if cfg.qk_norm:
+        if cfg.attn.qk_norm:
             small.q_norm_weight.copy_(big.q_norm_weight)
             small.k_norm_weight.copy_(big.k_norm_weight)
     x = torch.randn(2, 11, 64)
@@ -46,12 +52,12 @@ def test_attention_slice_equals_standalone_small_layer(width, kw):
 def test_partial_gqa_group_matches_expanded_heads():
     """hq not a multiple of the group: query head i still reads KV head i // group."""
     torch.manual_seed(0)
-    cfg = tiny(n_head=8, n_kv_head=2)  # group 4
+    cfg = tiny(attn={"n_head": 8, "n_kv_head": 2})  # group 4
     a = Attention(cfg)
     hq, hkv = a.heads_at(0.75)  # 6 query heads over 2 KV heads
     assert (hq, hkv) == (6, 2)
     # reference: a model with n_kv_head = n_head (MHA) whose KV heads repeat the GQA ones
-    ref = Attention(tiny(n_head=6, n_kv_head=6))
+    ref = Attention(tiny(attn={"n_head": 6, "n_kv_head": 6}))
     hd = 8
     W = a.qkv_proj.weight
     kmap = [i // 4 for i in range(6)]
@@ -67,9 +73,9 @@ def test_partial_gqa_group_matches_expanded_heads():
 @pytest.mark.parametrize("act", ["relu2", "swiglu"])
 def test_mlp_slice_equals_standalone_small_mlp(act):
     torch.manual_seed(0)
-    big = MLP(tiny(mlp_act=act))
+    big = MLP(tiny(mlp={"act": act}))
     n = big.units_at(0.25)
-    small = MLP(tiny(mlp_act=act, mlp_ratio=n / 64))
+    small = MLP(tiny(mlp={"act": act, "ratio": n / 64}))
     assert small.hidden == n
     with torch.no_grad():
         small.w_up.weight.copy_(big.w_up.weight[:n])
@@ -120,7 +126,7 @@ def test_width_one_is_bit_identical_to_plain_model():
 @pytest.mark.parametrize("width", [0.125, 0.5])
 def test_narrow_decode_with_cache_equals_full_forward_at_width(width):
     torch.manual_seed(0)
-    model = LM(tiny(window=6)).eval()
+    model = LM(tiny(attn={"window": 6})).eval()
     x = torch.randint(0, 97, (1, 20))
     full, _ = model(x, widths=[width] * 3)
     ecfg = ElasticConfig(enabled=True)
@@ -184,8 +190,8 @@ def elastic_overrides(data, out, steps=8):
 
     return tiny_overrides(data, out, steps) + [
         "model.d_model=64",
-        "model.n_head=4",
-        "model.n_kv_head=2",
+        "model.attn.n_head=4",
+        "model.attn.n_kv_head=2",
         "elastic.enabled=true",
         "elastic.widths=[0.25, 0.5, 1.0]",
         "elastic.gate_token_frac=0.5",
@@ -746,19 +752,6 @@ def test_trainer_gate_calibration_phase_runs_once(data, tmp_path):
     trainer.run(load_config("tiny-cpu", over), resume=True)  # done already: nothing changes
     again = load_file(str(ck.read_checkpoint(tmp_path / "c").path / "model.safetensors"))
     assert all(torch.equal(after[k], again[k]) for k in after)
-
-
-def test_checkpoints_saved_before_gate_hidden_keep_their_linear_gates():
-    from adamba.config import config_from_dict
-
-    old = Config().to_dict()
-    del old["elastic"]["gate_hidden"]
-    assert config_from_dict(old).elastic.gate_hidden == 0
-    assert config_from_dict(Config().to_dict()).elastic.gate_hidden == ElasticConfig().gate_hidden == 64
-    del old["elastic"]["gate_per_width"]  # and before per-width gates: none in their weights
-    assert config_from_dict(old).elastic.gate_per_width is False
-    heads = el.ElasticHeads(tiny(), config_from_dict(old).elastic)
-    assert not heads.narrow and not any(k.startswith("width_gates") for k in heads.state_dict())
 
 
 def test_benchmark_fixed_step_matches_runner():

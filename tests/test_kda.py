@@ -4,18 +4,26 @@ Kimi-Linear delta attention is the oracle, and the presets have the advertised s
 import pytest
 import torch
 
-from adamba.config import ModelConfig, load_config
+from adamba.config import load_config
 from adamba.model.lm import LM
 from adamba.nn.hf_twins import hf_kimi_delta_attention
 from adamba.nn.kda import KDA
 from adamba.ops import delta, dispatch
 from adamba.train.optim import param_groups
+from tests.helpers import model_config
 
 
-def kda_cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=97, d_model=64, n_layer=1, n_head=4, kda_head_dim=16, pattern="K", max_seq_len=128)
-    base.update(kw)
-    return ModelConfig(**base)
+def kda_cfg(**kw):
+    base = dict(
+        vocab_size=97,
+        d_model=64,
+        n_layer=1,
+        attn={"n_head": 4},
+        kda={"head_dim": 16},
+        pattern="K",
+        max_seq_len=128,
+    )
+    return model_config(base, **kw)
 
 
 def randomise(layer: KDA) -> KDA:
@@ -37,7 +45,7 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_prefill_then_decode_equals_full_forward():
     """Prefill 23 tokens, prefill 9 more on the non-empty state, then decode one by one."""
     torch.manual_seed(0)
-    layer = randomise(KDA(kda_cfg(kda_chunk_size=16)))
+    layer = randomise(KDA(kda_cfg(kda={"chunk_size": 16})))
     x = torch.randn(2, 70, 64)
     full = layer(x)
     state = layer.init_state(2, x.device, x.dtype)
@@ -87,14 +95,12 @@ def test_matches_transformers_kimi_linear_delta_attention():
 @torch.no_grad()
 def test_lm_kkka_prefill_then_decode_equals_full_forward():
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = model_config(
         vocab_size=97,
         d_model=64,
         n_layer=4,
-        n_head=4,
-        n_kv_head=2,
+        attn={"n_head": 4, "n_kv_head": 2, "use_rope": False},
         pattern="KKKA",
-        use_rope=False,
         max_seq_len=64,
     )
     model = LM(cfg).eval()
@@ -129,7 +135,7 @@ def test_lm_keeps_gate_inits_and_no_decay_on_time_scales():
 @pytest.mark.parametrize("name,lo,hi", [("kda-tiny", 1.6e6, 1.9e6), ("kda-100m", 95e6, 105e6)])
 def test_presets(name, lo, hi):
     cfg = load_config(name).model
-    assert cfg.pattern == "KKKA" and not cfg.use_rope
+    assert cfg.pattern == "KKKA" and not cfg.attn.use_rope
     with torch.device("meta"):
         n = LM(cfg).num_params()
     assert lo < n < hi

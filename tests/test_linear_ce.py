@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamba.config import ModelConfig
 from adamba.model.lm import LM
 from adamba.ops import linear_ce
 from adamba.ops.linear_ce import linear_cross_entropy
+from tests.helpers import model_config
 
 
 def _pair(dtype, n=37, d=16, v=53, seed=0):
@@ -38,7 +38,9 @@ def test_lm_training_path_equals_plain_head_and_tied_weights():
     torch.manual_seed(0)
     for tie in (False, True):
         model = LM(
-            ModelConfig(vocab_size=61, d_model=32, n_layer=2, n_head=2, n_kv_head=1, tie_embeddings=tie)
+            model_config(
+                vocab_size=61, d_model=32, n_layer=2, attn={"n_head": 2, "n_kv_head": 1}, tie_embeddings=tie
+            )
         )
         x = torch.randint(0, 61, (3, 11))
         y = torch.roll(x, -1, 1)

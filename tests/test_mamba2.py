@@ -7,23 +7,24 @@ import math
 import pytest
 import torch
 
-from adamba.config import ModelConfig
 from adamba.errors import AdambaError
 from adamba.model.lm import LM
 from adamba.nn.hf_twins import hf_mamba2_mixer
 from adamba.nn.mamba2 import Mamba2
+from tests.helpers import model_config
 
 
-def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(d_model=64, n_head=4, n_kv_head=2, pattern="M", mamba_d_state=16, mamba_headdim=16)
-    base.update(kw)
-    return ModelConfig(**base)
+def tiny_cfg(**kw):
+    base = dict(
+        d_model=64, attn={"n_head": 4, "n_kv_head": 2}, pattern="M", mamba={"d_state": 16, "head_dim": 16}
+    )
+    return model_config(base, **kw)
 
 
 @pytest.mark.parametrize("ngroups,chunk", [(1, 8), (2, 16)])
 def test_prefill_then_decode_equals_full_forward(ngroups, chunk):
     torch.manual_seed(0)
-    layer = Mamba2(tiny_cfg(mamba_ngroups=ngroups, mamba_chunk_size=chunk))
+    layer = Mamba2(tiny_cfg(mamba={"n_groups": ngroups, "chunk_size": chunk}))
     x = torch.randn(2, 31, 64)
     with torch.no_grad():
         full = layer(x)
@@ -52,7 +53,7 @@ def test_decode_state_size_does_not_grow():
 @pytest.mark.parametrize("ngroups,T", [(1, 45), (2, 70)])
 def test_matches_transformers_mamba2_mixer(ngroups, T):
     torch.manual_seed(1)
-    cfg = tiny_cfg(mamba_ngroups=ngroups, mamba_chunk_size=16)
+    cfg = tiny_cfg(mamba={"n_groups": ngroups, "chunk_size": 16})
     layer = Mamba2(cfg)
     with torch.no_grad():  # non-trivial norm and conv weights, so every parameter matters
         layer.norm.weight.uniform_(0.5, 1.5)
@@ -73,7 +74,7 @@ def test_matches_transformers_mamba2_mixer(ngroups, T):
 
 def test_inits_and_names_survive_lm_reset():
     torch.manual_seed(2)
-    cfg = tiny_cfg(pattern="AM", n_layer=2, mamba_ffn="none")
+    cfg = tiny_cfg(pattern="AM", n_layer=2, mamba={"ffn": "none"})
     model = LM(cfg)
     layer = model.blocks[1].mixer
     names = {n for n, _ in model.named_parameters()}
@@ -86,12 +87,12 @@ def test_inits_and_names_survive_lm_reset():
     # out_proj follows the residual-projection init of the LM (std / sqrt(2 n_layer))
     expected = cfg.init_std / math.sqrt(2 * cfg.n_layer)
     assert abs(layer.out_proj.weight.std().item() - expected) < 0.2 * expected
-    assert model.blocks[1].mlp is None  # mamba_ffn = "none"
+    assert model.blocks[1].mlp is None  # mamba.ffn = "none"
 
 
 def test_backward_reaches_every_parameter():
     torch.manual_seed(3)
-    layer = Mamba2(tiny_cfg(mamba_chunk_size=8))
+    layer = Mamba2(tiny_cfg(mamba={"chunk_size": 8}))
     layer(torch.randn(2, 19, 64)).square().mean().backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -99,16 +100,16 @@ def test_backward_reaches_every_parameter():
 
 
 def test_bad_head_config_is_a_user_error():
-    with pytest.raises(AdambaError, match="mamba_headdim"):
-        Mamba2(tiny_cfg(mamba_headdim=48))
-    with pytest.raises(AdambaError, match="mamba_ngroups"):
-        Mamba2(tiny_cfg(mamba_ngroups=3))
+    with pytest.raises(AdambaError, match="mamba.head_dim"):
+        Mamba2(tiny_cfg(mamba={"head_dim": 48}))
+    with pytest.raises(AdambaError, match="mamba.n_groups"):
+        Mamba2(tiny_cfg(mamba={"n_groups": 3}))
 
 
 @pytest.mark.parametrize("pattern", ["AM", "M"])
 def test_lm_prefill_and_decode_equal_full_forward(pattern):
     torch.manual_seed(4)
-    cfg = tiny_cfg(pattern=pattern, n_layer=2, vocab_size=97, mamba_chunk_size=8, max_seq_len=64)
+    cfg = tiny_cfg(pattern=pattern, n_layer=2, vocab_size=97, mamba={"chunk_size": 8}, max_seq_len=64)
     model = LM(cfg).eval()
     idx = torch.randint(0, 97, (2, 27))
     with torch.no_grad():

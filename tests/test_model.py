@@ -1,20 +1,25 @@
 import pytest
 import torch
 
-from adamba.config import ModelConfig
 from adamba.model.lm import LM
 from adamba.nn.attention import single_query_attention, single_query_pays
 from adamba.nn.hf_twins import hf_llama
+from tests.helpers import model_config
 
 
-def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=97, d_model=64, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=64)
-    base.update(kw)
-    return ModelConfig(**base)
+def tiny(**kw):
+    base = dict(vocab_size=97, d_model=64, n_layer=2, attn={"n_head": 4, "n_kv_head": 2}, max_seq_len=64)
+    return model_config(base, **kw)
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"window": 5}, {"mlp_act": "swiglu", "tie_embeddings": True}, {"n_kv_head": 4}]
+    "kw",
+    [
+        {},
+        {"attn": {"window": 5}},
+        {"mlp": {"act": "swiglu"}, "tie_embeddings": True},
+        {"attn": {"n_kv_head": 4}},
+    ],
 )
 def test_prefill_then_decode_equals_full_forward(kw):
     torch.manual_seed(0)
@@ -42,8 +47,8 @@ def test_single_query_attention_equals_sdpa_and_serves_batched_decode():
     assert not single_query_pays(q[:2], k[:2])  # a small batch: SDPA
     assert not single_query_pays(q[:, :2], k)  # one query head per KV head: SDPA
     assert not single_query_pays(q.bfloat16(), k.bfloat16())
-    for kw in ({}, {"window": 5}):
-        model = LM(tiny(n_head=8, n_kv_head=2, **kw)).eval()
+    for window in (0, 5):
+        model = LM(tiny(attn={"n_head": 8, "n_kv_head": 2, "window": window})).eval()
         assert_decode_equals_forward(model, torch.randint(0, 97, (32, 16)), prompt=6)
 
 
@@ -73,7 +78,7 @@ def test_tied_embeddings_share_storage():
 def test_matches_transformers_llama():
     """Oracle: with SwiGLU, no QK-norm, untied head, our dense LM is exactly a Llama."""
     pytest.importorskip("transformers")
-    cfg = tiny(mlp_act="swiglu", qk_norm=False, mlp_ratio=2.5, norm_eps=1e-6)
+    cfg = tiny(mlp={"act": "swiglu", "ratio": 2.5}, attn={"qk_norm": False}, norm_eps=1e-6)
     torch.manual_seed(0)
     ours = LM(cfg).eval()
     hf = hf_llama(ours, attn_implementation="eager").eval()
@@ -86,7 +91,7 @@ def test_qk_norm_stays_fused_under_bf16_autocast():
     F.rms_norm drops to its slow composite path (with a warning) on every attention layer."""
     import warnings
 
-    model = LM(tiny(qk_norm=True))
+    model = LM(tiny(attn={"qk_norm": True}))
     x = torch.randint(0, 97, (2, 9))
     with warnings.catch_warnings(), torch.autocast("cpu", torch.bfloat16):
         warnings.filterwarnings("error", message=".*Mismatch dtype.*")

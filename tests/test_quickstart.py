@@ -10,8 +10,8 @@ from tests.helpers import MODULES, STDLIB
 TINY = [
     "model.d_model=32",
     "model.n_layer=1",
-    "model.n_head=2",
-    "model.n_kv_head=1",
+    "model.attn.n_head=2",
+    "model.attn.n_kv_head=1",
     "model.vocab_size=400",
     "data.seq_len=32",
     "model.max_seq_len=32",

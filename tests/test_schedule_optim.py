@@ -1,7 +1,8 @@
-from adamba.config import ModelConfig, TrainConfig
+from adamba.config import TrainConfig
 from adamba.model.lm import LM
 from adamba.train.optim import param_groups
 from adamba.train.schedule import lr_multiplier
+from tests.helpers import model_config
 
 
 def test_wsd_and_cosine_shapes():
@@ -15,7 +16,7 @@ def test_wsd_and_cosine_shapes():
 
 
 def test_weight_decay_on_matrices_only():
-    model = LM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, n_kv_head=2))
+    model = LM(model_config(vocab_size=50, d_model=32, n_layer=1, attn={"n_head": 2, "n_kv_head": 2}))
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.ndim == 2 for p in decay["params"])
@@ -29,7 +30,7 @@ def test_weight_decay_on_matrices_only():
 
 
 def test_embed_lr_mult_gets_its_own_group_and_the_trainer_scales_it():
-    model = LM(ModelConfig(vocab_size=50, d_model=32, n_layer=1, n_head=2, n_kv_head=2))
+    model = LM(model_config(vocab_size=50, d_model=32, n_layer=1, attn={"n_head": 2, "n_kv_head": 2}))
     groups = param_groups(model, 0.1, embed_lr_mult=10.0)
     names = {id(p): n for n, p in model.named_parameters()}
     assert len(groups) == 3

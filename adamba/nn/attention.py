@@ -72,19 +72,20 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.window = cfg.window
+        a = cfg.attn
+        self.n_head, self.n_kv_head, self.head_dim = a.n_head, a.n_kv_head, a.head_dim
+        self.window = a.window
         d = cfg.d_model
         # q, k, v in one matmul: rows [q heads | k heads | v heads] (one GEMM is faster on CPU)
         self.q_dim, self.kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         self.qkv_proj = nn.Linear(d, self.q_dim + 2 * self.kv_dim, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
-        self.qk_norm = cfg.qk_norm
-        if cfg.qk_norm:
+        self.qk_norm = a.qk_norm
+        if a.qk_norm:
             self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
             self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
         self.eps = cfg.norm_eps
-        self.rotary = Rotary(self.head_dim, cfg.rope_theta, cfg.max_seq_len) if cfg.use_rope else None
+        self.rotary = Rotary(self.head_dim, a.rope_theta, cfg.max_seq_len) if a.use_rope else None
 
     def init_state(self, batch: int, device, dtype) -> KVState:
         return KVState.empty(batch, self.n_kv_head, self.head_dim, device, dtype)

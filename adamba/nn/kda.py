@@ -91,10 +91,10 @@ class KDA(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_head = cfg.kda_n_head or cfg.n_head
-        self.head_dim = cfg.kda_head_dim or cfg.head_dim
-        self.kernel = cfg.kda_conv
-        self.chunk_size = cfg.kda_chunk_size
+        self.n_head = cfg.kda.n_head or cfg.attn.n_head
+        self.head_dim = cfg.kda.head_dim or cfg.attn.head_dim
+        self.kernel = cfg.kda.conv
+        self.chunk_size = cfg.kda.chunk_size
         d, inner = cfg.d_model, self.n_head * self.head_dim
         self.inner = inner
         self.q_proj = nn.Linear(d, inner, bias=False)

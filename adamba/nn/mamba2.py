@@ -53,23 +53,23 @@ class Mamba2(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx
-        d = cfg.d_model
-        self.d_inner = cfg.mamba_expand * d
-        self.head_dim, self.d_state, self.ngroups = cfg.mamba_headdim, cfg.mamba_d_state, cfg.mamba_ngroups
-        self.d_conv, self.chunk_size = cfg.mamba_d_conv, cfg.mamba_chunk_size
+        d, mc = cfg.d_model, cfg.mamba
+        self.d_inner = mc.expand * d
+        self.head_dim, self.d_state, self.ngroups = mc.head_dim, mc.d_state, mc.n_groups
+        self.d_conv, self.chunk_size = mc.d_conv, mc.chunk_size
         if self.d_inner % self.head_dim:
             raise AdambaError(
-                f"model.mamba_headdim={self.head_dim} must divide mamba_expand*d_model={self.d_inner}"
+                f"model.mamba.head_dim={self.head_dim} must divide mamba.expand*d_model={self.d_inner}"
             )
         self.n_heads = self.d_inner // self.head_dim
         if self.n_heads % self.ngroups:
             raise AdambaError(
-                f"model.mamba_ngroups={self.ngroups} must divide the number of Mamba heads "
-                f"{self.n_heads} (= mamba_expand*d_model / mamba_headdim)"
+                f"model.mamba.n_groups={self.ngroups} must divide the number of Mamba heads "
+                f"{self.n_heads} (= mamba.expand*d_model / mamba.head_dim)"
             )
         if self.d_conv < 1 or self.chunk_size < 1:
             raise AdambaError(
-                f"model.mamba_d_conv={self.d_conv} and model.mamba_chunk_size={self.chunk_size} must be >= 1"
+                f"model.mamba.d_conv={self.d_conv} and model.mamba.chunk_size={self.chunk_size} must be >= 1"
             )
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.in_proj = nn.Linear(d, self.d_inner + self.conv_dim + self.n_heads, bias=False)

@@ -10,8 +10,8 @@ from adamba.config import ModelConfig
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.act = cfg.mlp_act
-        self.hidden = int(round(cfg.mlp_ratio * cfg.d_model))
+        self.act = cfg.mlp.act
+        self.hidden = int(round(cfg.mlp.ratio * cfg.d_model))
         self.w_up = nn.Linear(cfg.d_model, self.hidden, bias=False)
         if self.act == "swiglu":  # separate, not fused: silu on a strided half is slower on CPU
             self.w_gate = nn.Linear(cfg.d_model, self.hidden, bias=False)
