@@ -178,7 +178,7 @@ class TrainConfig:
 
 @dataclass
 class ElasticConfig:
-    """Matryoshka widths + early exit (adamba/model/elastic.py; ARCHITECTURE.md section 3)."""
+    """Matryoshka widths + early exit (adamba/model/elastic.py, training in adamba/train/elastic.py)."""
 
     enabled: bool = False  # train with sandwich width sampling + gate/predictor heads (per phase)
     widths: list[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])  # fractions of full
@@ -187,19 +187,18 @@ class ElasticConfig:
     expand_threshold: float = 0.5  # gate probability below which the last layers run at full width
     expand_layers: int = 2  # the last N layers where expansion may switch to full width
     expand_train: float = 0.25  # share of sandwich steps whose middle member is an expansion schedule
-    gate_weight: float = 0.1  # weight of the gate BCE (gate inputs are detached)
     gate_hidden: int = 64  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
-    gate_full_only: bool = False  # gate targets from the full-width pass only (else every sandwich width)
     gate_per_width: bool = True  # one more set of gates per narrow width, fitted in the calibration phase
-    gate_token_frac: float = 0.125  # fraction of positions scored for gate targets (cost bound)
     exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
+    exit_token_frac: float = (
+        0.125  # fraction of positions the exit loss scores (an LM-head matmul per layer each)
+    )
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
-    calibrate_steps: int = 4000  # gate-calibration Adam steps after the LM steps (LM frozen)
+    calibrate_steps: int = 4000  # gate-calibration Adam steps after the LM steps (LM frozen; fits the gate)
     calibrate_reuse: int = 8  # calibration steps per forward pass of the frozen model
     predictor_weight: float = 0.1  # weight of the width-predictor BCE (inputs detached)
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
-    predictor_tol: float = 0.04  # a width is "good enough" if its loss <= full-width loss + tol ...
-    predictor_tol_nats: bool = True  # ... in nats/token; false: if its loss <= (1 + tol) * full-width loss
+    predictor_tol: float = 0.04  # a width is "good enough" if its loss <= full-width loss + tol (nats/token)
 
     def validate(self) -> None:
         if not self.widths or any(not (0.0 < w <= 1.0) for w in self.widths) or 1.0 not in self.widths:
@@ -210,15 +209,14 @@ class ElasticConfig:
         for name in (
             "exit_threshold",
             "expand_threshold",
-            "gate_token_frac",
-            "predictor_tol",
+            "exit_token_frac",
             "expand_train",
         ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
         for name in (
-            "gate_weight",
+            "predictor_tol",
             "predictor_weight",
             "exit_loss_weight",
             "gate_hidden",
@@ -324,10 +322,11 @@ def _parse_literal(key: str, text: str) -> Any:
         ) from e
 
 
-# Keys that moved when the flat [model] table became nested tables: TOML files and checkpoints'
-# config.json written before are migrated on load (`migrate`); `--set` with an old name says the
-# new one.
+# Keys that moved (the flat [model] table became nested tables) or were renamed: TOML files and
+# checkpoints' config.json written before are migrated on load (`migrate`); `--set` with an old
+# name says the new one.
 MOVED = {
+    "elastic.gate_token_frac": "elastic.exit_token_frac",
     **{f"model.{k}": f"model.attn.{k}" for k in ("n_head", "n_kv_head", "head_dim", "use_rope")},
     **{f"model.{k}": f"model.attn.{k}" for k in ("rope_theta", "qk_norm", "window")},
     "model.mlp_act": "model.mlp.act",
@@ -346,10 +345,34 @@ MOVED = {
 }
 
 
-def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A config dict in today's layout: keys of older layouts (MOVED) put where they live now.
-    Returns a new dict; the input is left alone."""
+# Keys removed because measurements showed they did not help (benchmarks/README.md names the
+# commit behind any figure that used them): the value that reproduces today's behaviour, and why.
+REMOVED = {
+    "elastic.gate_weight": (
+        None,
+        "the gate is fitted only by the calibration phase (elastic.calibrate_steps)",
+    ),
+    "elastic.gate_full_only": (
+        None,
+        "the gate is fitted only by the calibration phase (elastic.calibrate_steps)",
+    ),
+    "elastic.predictor_tol_nats": (True, "elastic.predictor_tol is in nats per token"),
+}
+
+
+def migrate(data: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+    """A config dict in today's layout: keys of older layouts (MOVED) put where they live now,
+    removed keys (REMOVED) dropped. `strict` (a user's TOML file): a removed key whose value asks
+    for the old behaviour is an error rather than silently different. Returns a new dict; the
+    input is left alone."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key, (keeps, why) in REMOVED.items():
+        sec, name = key.split(".", 1)
+        table = out.get(sec)
+        if isinstance(table, dict) and name in table:
+            value = table.pop(name)
+            if strict and keeps is not None and value != keeps:
+                raise AdambaError(f"config key '{key}' was removed: {why}")
     for old, new in MOVED.items():
         sec, key = old.split(".", 1)
         table = out.get(sec)
@@ -404,6 +427,8 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     if key not in hints:
         if dotted in MOVED:
             raise AdambaError(f"config key '{dotted}' is now '{MOVED[dotted]}'")
+        if dotted in REMOVED:
+            raise AdambaError(f"config key '{dotted}' was removed: {REMOVED[dotted][1]}")
         raise AdambaError(
             f"unknown config key '{dotted}'; valid keys in [{where}]: {', '.join(_fields(table))}"
         )
@@ -427,7 +452,7 @@ def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Con
             else:
                 set_value(cfg, f"{prefix}.{key}", value)
 
-    for sec_name, table in migrate(data).items():
+    for sec_name, table in migrate(data, strict=True).items():
         if not isinstance(table, dict):
             raise AdambaError(
                 f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}"

@@ -46,7 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from adamba.config import ElasticConfig, load_config  # noqa: E402
 from adamba.errors import AdambaError  # noqa: E402
+from adamba.eval.efficiency import batched_exits, teacher_forced  # noqa: E402
 from adamba.model import elastic as el  # noqa: E402
+from adamba.model.elastic_runner import ElasticRunner  # noqa: E402
+from adamba.model.flops import token_flops  # noqa: E402
+from adamba.train.elastic import calibrate_gate  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.99)  # exit thresholds swept
@@ -76,7 +80,6 @@ ELASTIC = [
     "elastic.calibrate_steps=4000",
     "elastic.calibrate_reuse=8",
     "elastic.predictor_tol=0.04",
-    "elastic.predictor_tol_nats=true",
     "elastic.expand_train=0.25",
     "elastic.gate_per_width=true",
 ]
@@ -287,14 +290,14 @@ def exit_sweep(
     model, out: Path, thresholds, token_bytes: torch.Tensor, prompt: int = 16, seq: int = 128
 ) -> list[dict]:
     """The exit rule at full width over the whole validation split, in n_layer batched passes
-    per batch of rows (el.batched_exits: the same decisions and logits as token-by-token
+    per batch of rows (batched_exits: the same decisions and logits as token-by-token
     decoding with copy-forward, checked by a test). Positions before `prompt` are context and
     never exit. Per threshold: share of next-token argmaxes changed vs the full model, layer
     FLOPs skipped (layers + gates + copy-forward K/V, the runner's accounting; LM head left
     out), exit rate, exit-layer histogram and bits/byte."""
     L = len(model.blocks)
     rows = val_rows(out, seq)
-    acct = el.ElasticRunner(model, model.elastic.ecfg, el.Policy([1.0] * L))
+    acct = ElasticRunner(model, model.elastic.ecfg, el.Policy([1.0] * L))
     kv = [acct._copy_forward_flops(j) for j in range(L)]
     gate = model.elastic.gate_flops
     # per-position layer costs at full width: [T, L] (attention grows with the context)
@@ -313,7 +316,7 @@ def exit_sweep(
             hist = torch.zeros(L, dtype=torch.long)
             for i in range(0, len(rows), 32):
                 x, y = rows[i : i + 32, :-1], rows[i : i + 32, 1:]
-                h, ex = el.batched_exits(model, x, [1.0] * L, thr, start=prompt)
+                h, ex = batched_exits(model, x, [1.0] * L, thr, start=prompt)
                 logits = model.head(model.norm(h))[:, prompt:]
                 ex = ex[:, prompt:]
                 diff = logits.argmax(-1) != full_pred[i : i + 32, prompt:]
@@ -412,7 +415,7 @@ def measure(
     )
     for rnd in range(rounds):
         for name, m, policy, e in contenders:
-            ce, tg, pr, summ, secs = el.teacher_forced(m, e, policy, seqs, prompt, batch)
+            ce, tg, pr, summ, secs = teacher_forced(m, e, policy, seqs, prompt, batch)
             tok_s = summ["tokens"] / max(1e-9, secs)
             if rnd:
                 rows[name]["tok_s"] = max(rows[name]["tok_s"], tok_s)
@@ -532,7 +535,7 @@ def speed_scaling(
         for mode in ("ghost", "whisper", "normal", "think"):
             best = float("inf")
             for _ in range(3):
-                _, _, _, _, secs = el.teacher_forced(
+                _, _, _, _, secs = teacher_forced(
                     model, ecfg, el.mode_policy(mode, model, ecfg), seqs, prompt, batch
                 )
                 best = min(best, secs)
@@ -585,7 +588,7 @@ def batch_speed(out: Path, batches: list[int], tokens: int, prompt: int, rounds:
         best = {k: float("inf") for k in contenders}
         for _ in range(rounds):
             for name, (m, pol, e) in contenders.items():
-                r = el.ElasticRunner(m, e, pol, batch=b)
+                r = ElasticRunner(m, e, pol, batch=b)
                 with torch.no_grad():
                     r.prefill(seqs[:, :prompt])
                     t0 = time.perf_counter()
@@ -695,7 +698,7 @@ def compile_speed(out: Path, batches: list[int], length: int, prompt: int, round
         for rnd in range(rounds):
             for mode in modes:
                 for kind in ("eager", "compiled"):
-                    r = el.ElasticRunner(model, ecfg, pols[mode], batch=batch)
+                    r = ElasticRunner(model, ecfg, pols[mode], batch=batch)
                     with torch.no_grad():
                         r.prefill(seqs[:, :prompt])
                         if kind == "eager":
@@ -799,7 +802,7 @@ def calm_sweep(out: Path, rows_max: int = 128, seq: int = 128) -> list[dict]:
                 agree[j].append(p.argmax(-1) == final)
     M = torch.stack([torch.cat(m) for m in margin])
     A = torch.stack([torch.cat(a) for a in agree])
-    runner = el.ElasticRunner(model, ElasticConfig(enabled=True), el.Policy([1.0] * L))
+    runner = ElasticRunner(model, ElasticConfig(enabled=True), el.Policy([1.0] * L))
     layer = runner._layer_flops(0, 1.0, seq // 2)  # a mid-sequence token's layer cost
     head = 2 * D * V
     full = L * layer + head
@@ -901,7 +904,7 @@ def gate_probe(out: Path, hidden: int, rows_max: int = 320, seq: int = 128, step
 
 def add_width_gates(model, out: Path, steps: int) -> None:
     """Give a model trained before elastic.gate_per_width its per-width gates: the same
-    calibration the trainer's phase runs (el.calibrate_gate, LM frozen, training batches),
+    calibration the trainer's phase runs (calibrate_gate, LM frozen, training batches),
     fitting the narrow widths' gates only; the full-width gates stay as trained."""
     from adamba.data.loader import TokenLoader
 
@@ -911,13 +914,13 @@ def add_width_gates(model, out: Path, steps: int) -> None:
     heads.narrow, heads.width_gates, heads.ecfg = fresh.narrow, fresh.width_gates, ecfg
     torch.manual_seed(0)
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
-    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps, full=False)
+    losses = calibrate_gate(model, iter(loader.__next__, None), steps, full=False)
     print(f"per-width gates calibrated {steps} steps: BCE {losses[0]:.3f} -> {losses[-1]:.3f}", flush=True)
 
 
 def calibrated_sweep(out: Path, hidden: int, steps: int, reuse: int = 1) -> dict:
     """A trained model's gate refitted from scratch (linear, or an MLP of `hidden` units) for
-    `steps` calibration steps with the LM frozen (el.calibrate_gate on training batches), then
+    `steps` calibration steps with the LM frozen (calibrate_gate on training batches), then
     the exit sweep on the whole validation split (exit_sweep: exact replay of decoding with
     copy-forward K/V), next to the model's full-width bits/byte. How the calibration length,
     gate size and training recipe (e.g. --set elastic.exit_distill_weight=1.0 at `train`) move
@@ -932,7 +935,7 @@ def calibrated_sweep(out: Path, hidden: int, steps: int, reuse: int = 1) -> dict
     fresh = el.ElasticHeads(model.cfg, ElasticConfig(enabled=True, widths=ecfg.widths, gate_hidden=hidden))
     model.elastic.gates, model.elastic.gate_flops = fresh.gates, fresh.gate_flops
     loader = TokenLoader([str(out / "train" / "manifest.jsonl")], 16, 128, seed=1, prefetch=0)
-    losses = el.calibrate_gate(model, iter(loader.__next__, None), steps, reuse=reuse)
+    losses = calibrate_gate(model, iter(loader.__next__, None), steps, reuse=reuse)
     print(
         f"gate (hidden {hidden}) calibrated {steps} steps, {reuse} per batch: BCE {losses[0]:.3f} -> {losses[-1]:.3f}"
     )
@@ -971,7 +974,7 @@ def width_headroom(out: Path, train_rows: int = 2000, prompt: int = 16, seq: int
     ecfg = ckpt.cfg.elastic
     ws, L, k = ecfg.widths, len(model.blocks), ecfg.predictor_layer
     tb = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
-    acct = el.ElasticRunner(model, ecfg, el.Policy([1.0] * L))
+    acct = ElasticRunner(model, ecfg, el.Policy([1.0] * L))
     cost = torch.tensor(  # mean FLOPs per decoded token relative to full, per width (runner's model)
         [
             sum(
@@ -979,7 +982,7 @@ def width_headroom(out: Path, train_rows: int = 2000, prompt: int = 16, seq: int
                     sum(acct._layer_flops(i, w, t) for i in range(L))
                     + 2 * model.cfg.d_model * model.cfg.vocab_size
                 )
-                / acct._full_flops(t)
+                / token_flops(acct.model, t)
                 for t in range(prompt + 1, seq + 1)
             )
             / (seq - prompt)
@@ -1147,8 +1150,8 @@ def seed_experiment(out: Path, steps: int, extra: list[str] | None = None) -> di
     for kind in ("easy", "hard"):
         take = 28 if kind == "easy" else 12  # the 70/30 mix, so pooled rates weight it right
         seqs = [torch.tensor([tok.bos_id] + tok.encode(t)) for k, t in val_docs if k == kind][:take]
-        ce, tg, pr, summ, secs = el.teacher_forced(model, ecfg, el.mode_policy("auto", model, ecfg), seqs, 4)
-        _, _, full_pr, _, _ = el.teacher_forced(model, ecfg, el.Policy([1.0] * len(model.blocks)), seqs, 4)
+        ce, tg, pr, summ, secs = teacher_forced(model, ecfg, el.mode_policy("auto", model, ecfg), seqs, 4)
+        _, _, full_pr, _, _ = teacher_forced(model, ecfg, el.Policy([1.0] * len(model.blocks)), seqs, 4)
         summ["argmax_changed_vs_full"] = float((pr != full_pr).float().mean())
         summ["accuracy"] = float((pr == tg).float().mean())
         result[kind] = summ

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -70,3 +72,50 @@ def model_config(*tables: dict, **kw) -> ModelConfig:
     cfg = Config()
     apply_dict(cfg, {"model": merged})
     return cfg.model.validate()
+
+
+def adamba(*args, cwd=None) -> subprocess.CompletedProcess:
+    """Run the `adamba` command in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "adamba", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_clean_error(res, *needles) -> None:
+    """A user mistake: exit code 2 and one line on stderr naming the problem, no traceback."""
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+WIDTHS = [0.125, 0.25, 0.5, 1.0]  # the Matryoshka widths of the elastic tests
+
+
+def elastic_config(**kw) -> ModelConfig:
+    """The elastic tests' model: 3 layers, 8 query heads of 8 over 2 KV heads (GQA groups of 4),
+    so every width in WIDTHS keeps a different head count."""
+    base = dict(
+        vocab_size=97,
+        d_model=64,
+        n_layer=3,
+        attn={"n_head": 8, "n_kv_head": 2, "head_dim": 8},
+        max_seq_len=64,
+    )
+    return model_config(base, **kw)
+
+
+def elastic_overrides(data: dict, out: Path, steps: int = 8) -> list[str]:
+    """tiny_overrides for a Matryoshka run, with a short gate-calibration phase."""
+    return tiny_overrides(data, out, steps) + [
+        "model.d_model=64",
+        "model.attn.n_head=4",
+        "model.attn.n_kv_head=2",
+        "elastic.enabled=true",
+        "elastic.widths=[0.25, 0.5, 1.0]",
+        "elastic.exit_token_frac=0.5",
+        "elastic.calibrate_steps=2",
+        "train.eval_every=0",
+    ]

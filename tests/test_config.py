@@ -144,3 +144,25 @@ def test_checkpoint_config_json_of_the_old_layout_migrates(tmp_path):
     shapes = {k: v.shape for k, v in LM(cfg.model).state_dict().items()}
     assert shapes == {k: v.shape for k, v in LM(new.model).state_dict().items()}
     assert config_from_dict(new.to_dict()).to_dict() == new.to_dict()  # today's layout round-trips
+
+
+def test_removed_elastic_keys_explain_themselves(tmp_path):
+    """Knobs removed because measurements showed they did not help: `--set` says why; a TOML file
+    that asks for the removed behaviour fails, one that asks for today's loads; a checkpoint
+    that recorded them loads."""
+    from adamba.config import config_from_dict
+
+    with pytest.raises(AdambaError, match="'elastic.gate_weight' was removed: the gate is fitted only by"):
+        load_config("tiny-cpu", ["elastic.gate_weight=0.1"])
+    with pytest.raises(AdambaError, match="'elastic.gate_token_frac' is now 'elastic.exit_token_frac'"):
+        load_config("tiny-cpu", ["elastic.gate_token_frac=0.5"])
+    p = tmp_path / "c.toml"
+    p.write_text("[elastic]\npredictor_tol_nats = false\n")
+    with pytest.raises(
+        AdambaError, match="predictor_tol_nats' was removed: elastic.predictor_tol is in nats"
+    ):
+        load_config(str(p))
+    p.write_text("[elastic]\npredictor_tol_nats = true\ngate_weight = 0.1\ngate_token_frac = 0.5\n")
+    assert load_config(str(p)).elastic.exit_token_frac == 0.5
+    old = {"elastic": {"gate_full_only": True, "predictor_tol_nats": False, "gate_token_frac": 0.25}}
+    assert config_from_dict(old).elastic.exit_token_frac == 0.25

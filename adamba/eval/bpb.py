@@ -14,6 +14,20 @@ import torch
 import torch.nn.functional as F
 
 
+def nats_and_bytes(ce: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
+    """(summed cross-entropy in nats, UTF-8 bytes) over target tokens with at least one byte:
+    the two sums of bits per byte, kept apart so batches add up."""
+    b = token_bytes.to(targets.device)[targets.reshape(-1)]
+    return float((ce.reshape(-1).float() * (b > 0)).sum()), int(b.sum())
+
+
+def bits_per_byte(ce: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> float:
+    """Bits per byte of per-token cross-entropies (nats) `ce` against their `targets`: the one
+    definition every scorer uses (validation, compute modes, benchmarks)."""
+    nats, n_bytes = nats_and_bytes(ce, targets, token_bytes)
+    return nats / (math.log(2) * max(1, n_bytes))
+
+
 @torch.no_grad()
 def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, device="cpu", autocast=None) -> dict:
     """Mean loss and bits-per-byte over (x, y) batches, in eval mode; the model is left in the
@@ -32,9 +46,9 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor, device="cp
         else:
             logits, _ = model(x)
         ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1), reduction="none")
-        b = token_bytes[y.view(-1)]
-        nats += float((ce * (b > 0)).sum())
-        n_bytes += int(b.sum())
+        n, b = nats_and_bytes(ce, y, token_bytes)
+        nats += n
+        n_bytes += b
         loss_sum += float(ce.sum())
         n_tok += ce.numel()
     model.train(was_training)

@@ -36,9 +36,11 @@ def generate_text(
     stop = {tokenizer.eos_id, tokenizer.bos_id}
     runners: list = []
     if mode is not None:
-        from adamba.model import elastic
+        from adamba.model import elastic_runner
 
-        tokens = elastic.generate(model, idx, mode, max_new_tokens, temperature, top_k, stop, gen, runners)
+        tokens = elastic_runner.generate(
+            model, idx, mode, max_new_tokens, temperature, top_k, stop, gen, runners
+        )
     else:
         tokens = model.generate(idx, max_new_tokens, temperature, top_k, stop, gen)
     for nxt in tokens:

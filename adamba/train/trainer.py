@@ -119,7 +119,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     torch.manual_seed(cfg.train.seed)
     model = LM(cfg.model).to(device)
     if cfg.elastic.enabled:  # Matryoshka training: gate + predictor heads join the model
-        from adamba.model.elastic import attach_elastic, elastic_loss
+        from adamba.model.elastic import attach_elastic
+        from adamba.train.elastic import elastic_loss
 
         attach_elastic(model, cfg.elastic)
     optimizer = build_optimizer(model, cfg.train)
@@ -281,7 +282,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     ec = cfg.elastic
     if ec.enabled and ec.calibrate_steps > 0 and step >= total and gate_calibrated < ec.calibrate_steps:
         # the gate-calibration phase: LM frozen, gate fitted to the final model's own agreement
-        from adamba.model.elastic import calibrate_gate
+        from adamba.train.elastic import calibrate_gate
 
         bar = ProgressDisplay(ec.calibrate_steps, 0, enabled=cfg.run.progress)
         with amp:

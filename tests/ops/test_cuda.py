@@ -9,8 +9,8 @@ import torch
 from adamba.model.lm import LM
 from adamba.ops import dispatch
 from tests.helpers import model_config
-from tests.test_kda import _op_inputs
-from tests.test_ssd import make_inputs, rel_err
+from tests.nn.test_kda import _op_inputs
+from tests.ops.test_ssd import make_inputs, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

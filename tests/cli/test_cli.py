@@ -1,28 +1,10 @@
 """Bad input gets one clear line, no traceback, exit code 2, and nothing half-written."""
 
-import subprocess
-import sys
-
 import pytest
 
 from adamba.config import load_config
 from adamba.train import trainer
-from tests.helpers import make_tiny_data, tiny_overrides
-
-
-def adamba(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "adamba", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-
-
-def assert_clean_error(res, *needles):
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
+from tests.helpers import adamba, assert_clean_error, make_tiny_data, tiny_overrides
 
 
 @pytest.fixture(scope="module")
