@@ -45,8 +45,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from adamba.config import AttnConfig, KDAConfig, ModelConfig, load_config  # noqa: E402
+from adamba.model.cache import KVCache  # noqa: E402
 from adamba.model.lm import LM  # noqa: E402
-from adamba.nn.attention import Attention, KVState  # noqa: E402
+from adamba.nn.attention import Attention  # noqa: E402
 from adamba.nn.hf_twins import hf_kimi_delta_attention, hf_mamba2_mixer  # noqa: E402
 from adamba.nn.kda import KDA, l2norm  # noqa: E402
 from adamba.nn.mamba2 import Mamba2  # noqa: E402
@@ -227,7 +228,10 @@ def decode_latency(contexts: list[int], cfg: ModelConfig, steps: int, burst: int
     states = {}
     for name, layer in layers.items():
         for ctx in contexts:
-            st = layer.init_state(1, torch.device("cpu"), torch.float32)
+            if isinstance(layer, Attention):
+                st = KVCache(1, layer.n_kv_head, layer.head_dim, "cpu", torch.float32, heads=layer.n_kv_head)
+            else:
+                st = layer.init_state(1, torch.device("cpu"), torch.float32)
             layer(torch.randn(1, ctx, cfg.d_model), st)  # prefill, chunked / SDPA
             states[name, ctx] = (st, ctx)
     tok = torch.randn(1, 1, cfg.d_model)
@@ -235,7 +239,7 @@ def decode_latency(contexts: list[int], cfg: ModelConfig, steps: int, burst: int
     def step(name: str, ctx: int) -> None:
         st, _ = states[name, ctx]
         layers[name](tok, st)
-        if isinstance(st, KVState):  # KV cache: back to exactly ctx tokens
+        if isinstance(st, KVCache):  # KV cache: back to exactly ctx tokens
             st.length = ctx
 
     for key in states:  # warm-up (the KV buffer grows once here)
@@ -285,7 +289,7 @@ def state_memory(preset: str, context: int) -> list[dict]:
         # bf16 decoding (derived from the same state objects): KV and conv windows halve, the
         # KDA/Mamba recurrent state stays fp32 by design (init_state keeps it in fp32)
         bf16 = sum(
-            s.nbytes() // 2 if isinstance(s, KVState) else s.conv.nbytes // 2 + (s.nbytes() - s.conv.nbytes)
+            s.nbytes() // 2 if isinstance(s, KVCache) else s.conv.nbytes // 2 + (s.nbytes() - s.conv.nbytes)
             for s in state
         )
         rows.append(

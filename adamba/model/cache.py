@@ -1,11 +1,15 @@
-"""MatryoshkaKVCache: one attention layer's keys/values, kept only for the KV heads in use.
+"""KVCache: one attention layer's keys/values for decoding, the one cache type every decoder uses
+(plain generation, compute modes, batched adaptive decoding). Mamba2 and KDA layers keep their
+fixed-size recurrent states in their own files (adamba/nn/mamba2.py, kda.py).
 
-A narrow width reads a prefix of the KV heads (Attention.heads_at), and a key of head h does not
-depend on the width, so one buffer serves every width at or below the widest one stored: a
-narrower query slices the head prefix; nothing is padded up. The stored width only grows while
-the cache is empty: once tokens are in it, later tokens keep computing K/V for the stored heads
-(so a wider query of the same run never meets a hole). Decoders that may widen a layer later
-(auto mode's expansion) reserve that width up front with `reserve_heads`.
+The buffer grows by doubling, so appending a token is O(1) amortised. It keeps only the KV heads
+in use (Matryoshka widths): a narrow width reads a prefix of the KV heads (Attention.heads_at),
+and a key of head h does not depend on the width, so one buffer serves every width at or below
+the widest one stored: a narrower query slices the head prefix; nothing is padded up. The
+stored width only grows while the cache is empty: once tokens are in it, later tokens keep
+computing K/V for the stored heads (so a wider query of the same run never meets a hole).
+Plain decoding stores every head (`LM.init_state`); decoders that may widen a layer later (auto
+mode's expansion) reserve that width up front with `reserve_heads`.
 """
 
 from __future__ import annotations
@@ -15,16 +19,20 @@ import torch
 from adamba.errors import AdambaError
 
 
-class MatryoshkaKVCache:
-    """Keys/values [batch, heads_stored, capacity, head_dim], filled up to `length`."""
+class KVCache:
+    """Keys/values [batch, heads_stored, capacity, head_dim], filled up to `length`; `heads` KV
+    heads reserved from the start (0: as many as the first query reads)."""
 
-    def __init__(self, batch: int, max_heads: int, head_dim: int, device, dtype, capacity: int = 256):
+    def __init__(
+        self, batch: int, max_heads: int, head_dim: int, device, dtype, capacity: int = 256, heads: int = 0
+    ):
         self.batch, self.max_heads, self.head_dim = batch, max_heads, head_dim
         self.device, self.dtype, self.capacity = device, dtype, capacity
         self.heads = 0
         self.length = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.reserve_heads(heads)
 
     def reserve_heads(self, n: int) -> None:
         """Store at least n heads from now on (only possible before the first token)."""
@@ -92,10 +100,11 @@ class MatryoshkaKVCache:
 
 
 class RowView:
-    """Some rows of a MatryoshkaKVCache, as an attention layer sees a cache: `length`,
-    `heads_for`, `append` (which writes these rows only and leaves the advance to the caller)."""
+    """Some rows of a KVCache (None: all), as an attention layer sees a cache: `length`,
+    `heads_for`, `append` (which writes these rows only and leaves the advance to the caller:
+    batched adaptive decoding runs a layer on several row groups, then advances once)."""
 
-    def __init__(self, cache: MatryoshkaKVCache, rows: torch.Tensor):
+    def __init__(self, cache: KVCache, rows: torch.Tensor | None):
         self.cache, self.rows = cache, rows
 
     @property

@@ -20,15 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from adamba.config import ElasticConfig, ModelConfig
 from adamba.errors import AdambaError
 from adamba.model import flops as cost
-from adamba.model.cache import MatryoshkaKVCache, RowView
+from adamba.model.cache import KVCache, RowView
 from adamba.model.elastic import Policy, check_width, mode_policy, model_ecfg
 from adamba.model.lm import sample_next
-from adamba.nn.norm import rms_norm
 
 
 @dataclass
@@ -133,12 +131,11 @@ class ElasticRunner:
         for i, block in enumerate(self.model.blocks):
             if block.kind == "A":
                 a = block.mixer
-                c = MatryoshkaKVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype)
                 w = max(self.row_widths) if self.rows_mode else self.widths[i]
                 if self.policy.expand_threshold is not None and i >= self.L - self.ecfg.expand_layers:
                     w = 1.0  # expansion may widen this layer later: reserve full width now
-                c.reserve_heads(a.heads_at(w)[1])
-                out.append(c)
+                heads = a.heads_at(w)[1]
+                out.append(KVCache(self.batch, a.n_kv_head, a.head_dim, p.device, p.dtype, heads=heads))
             else:
                 out.append(block.mixer.init_state(self.batch, p.device, p.dtype))
         return out
@@ -235,24 +232,8 @@ class ElasticRunner:
         xn = block.norm1(h)
         if block.kind != "A":
             block.mixer(xn, self.state[i])
-            return self._copy_forward_flops(i)
-        a, cache = block.mixer, self.state[i]
-        n, hd, B = cache.heads, a.head_dim, h.shape[0]
-        wt = a.qkv_proj.weight
-        k = F.linear(xn, wt[a.q_dim : a.q_dim + n * hd]).view(B, -1, n, hd).transpose(1, 2)
-        v = (
-            F.linear(xn, wt[a.q_dim + a.kv_dim : a.q_dim + a.kv_dim + n * hd])
-            .view(B, -1, n, hd)
-            .transpose(1, 2)
-        )
-        if a.qk_norm:
-            k = rms_norm(k, a.k_norm_weight, a.eps)
-        if a.rotary is not None:
-            k = a.rotary(k, cache.length)
-        if rows is None:
-            cache.append(k, v)
         else:
-            cache.write_rows(rows, k, v)
+            block.mixer.write_kv(xn, self.state[i] if rows is None else RowView(self.state[i], rows))
         return self._copy_forward_flops(i)
 
     @torch.no_grad()
@@ -488,7 +469,7 @@ class ElasticRunner:
 
     def kv_bytes(self) -> tuple[int, int]:
         """(bytes held by the Matryoshka caches, bytes a full-width cache would hold)."""
-        caches = [c for c in self.state if isinstance(c, MatryoshkaKVCache)]
+        caches = [c for c in self.state if isinstance(c, KVCache)]
         return sum(c.nbytes() for c in caches), sum(c.full_nbytes() for c in caches)
 
 

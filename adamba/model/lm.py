@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adamba.config import ModelConfig
+from adamba.model.cache import KVCache
 from adamba.nn.mlp import MLP
 from adamba.nn.norm import RMSNorm
 from adamba.ops.linear_ce import linear_cross_entropy
@@ -110,10 +111,18 @@ class LM(nn.Module):
         return n
 
     def init_state(self, batch: int, device=None, dtype=None) -> list:
-        """Per-layer decoding state (KV cache for attention, conv + recurrent state for M/K)."""
+        """Per-layer decoding state: a KV cache of every KV head for attention, conv + recurrent
+        state for M/K."""
         p = next(self.parameters())
         device, dtype = device or p.device, dtype or p.dtype
-        return [b.mixer.init_state(batch, device, dtype) for b in self.blocks]
+        out = []
+        for b in self.blocks:
+            if b.kind == "A":
+                a = b.mixer
+                out.append(KVCache(batch, a.n_kv_head, a.head_dim, device, dtype, heads=a.n_kv_head))
+            else:
+                out.append(b.mixer.init_state(batch, device, dtype))
+        return out
 
     def hidden(
         self, idx: torch.Tensor, state: list | None = None, widths: list[float] | None = None

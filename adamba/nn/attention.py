@@ -1,9 +1,14 @@
-"""Causal self-attention: GQA, RoPE, QK RMS-norm, PyTorch SDPA, optional sliding window,
-and a KV cache for decoding."""
+"""Causal self-attention: GQA, RoPE, QK RMS-norm, PyTorch SDPA, optional sliding window, a KV
+cache for decoding, and Matryoshka widths (a prefix of the heads).
+
+One projection path (`project`) serves every caller: the full-width forward (one GEMM over
+q|k|v), a narrow width (weight-row views of the first heads), and early exit's copy-forward
+(`write_kv`: K/V only). The cache type lives in adamba/model/cache.py; attention sees it through
+the small `KVStore` protocol."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,40 +19,17 @@ from adamba.nn.norm import rms_norm
 from adamba.nn.rope import Rotary
 
 
-@dataclass
-class KVState:
-    """Keys/values of past tokens, [batch, kv_heads, capacity, head_dim], filled up to `length`.
+class KVStore(Protocol):
+    """What attention needs of a decoding cache (adamba/model/cache.py's KVCache, or a RowView of
+    some of its rows): the tokens already stored, how many KV heads it keeps for a query that
+    reads `n` of them, and an append of K/V for new tokens that returns every stored key/value."""
 
-    The buffer grows by doubling, so appending a token is O(1) amortised instead of a full copy.
-    """
+    @property
+    def length(self) -> int: ...
 
-    k: torch.Tensor
-    v: torch.Tensor
-    length: int = 0
+    def heads_for(self, n: int) -> int: ...
 
-    @classmethod
-    def empty(cls, batch: int, kv_heads: int, head_dim: int, device, dtype, capacity: int = 256) -> KVState:
-        shape = (batch, kv_heads, capacity, head_dim)
-        return cls(
-            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        )
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        T = k.shape[2]
-        need = self.length + T
-        if need > self.k.shape[2]:
-            cap = max(need, 2 * self.k.shape[2])
-            grow = (*self.k.shape[:2], cap - self.k.shape[2], self.k.shape[3])
-            self.k = torch.cat([self.k, self.k.new_zeros(grow)], dim=2)
-            self.v = torch.cat([self.v, self.v.new_zeros(grow)], dim=2)
-        self.k[:, :, self.length : need] = k
-        self.v[:, :, self.length : need] = v
-        self.length = need
-        return self.k[:, :, :need], self.v[:, :, :need]
-
-    def nbytes(self) -> int:
-        per = self.k.element_size() * self.k.shape[0] * self.k.shape[1] * self.k.shape[3]
-        return 2 * per * self.length
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def single_query_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -87,9 +69,6 @@ class Attention(nn.Module):
         self.eps = cfg.norm_eps
         self.rotary = Rotary(self.head_dim, a.rope_theta, cfg.max_seq_len) if a.use_rope else None
 
-    def init_state(self, batch: int, device, dtype) -> KVState:
-        return KVState.empty(batch, self.n_kv_head, self.head_dim, device, dtype)
-
     def _mask(self, T: int, S: int, device) -> torch.Tensor | None:
         """Boolean mask [T, S] (True = attend) for T queries at the end of S keys; None when
         plain causal SDPA suffices."""
@@ -128,66 +107,73 @@ class Attention(nn.Module):
         hq = min(self.n_head, max(1, round(width * self.n_head)))
         return hq, -(-hq // group)
 
+    def project(
+        self, x: torch.Tensor, q_heads: int, kv_heads: int, offset: int = 0
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """q for the first `q_heads` query heads ([B, q_heads, T, hd]; None when 0) and k, v for
+        the first `kv_heads` KV heads ([B, kv_heads, T, hd]), QK-normed and rotated for positions
+        offset..offset+T-1. Every head: one GEMM over the fused weight (the plain path, bit for
+        bit); fewer: F.linear on row views of it, no copies."""
+        B, T, _ = x.shape
+        hd = self.head_dim
+        if q_heads == self.n_head and kv_heads == self.n_kv_head:
+            q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+        else:
+            w, kq, kv = self.qkv_proj.weight, self.q_dim, self.q_dim + self.kv_dim
+            q = F.linear(x, w[: q_heads * hd]) if q_heads else None
+            k = F.linear(x, w[kq : kq + kv_heads * hd])
+            v = F.linear(x, w[kv : kv + kv_heads * hd])
+        k = k.view(B, T, kv_heads, hd).transpose(1, 2)
+        v = v.view(B, T, kv_heads, hd).transpose(1, 2)
+        if self.qk_norm:
+            k = rms_norm(k, self.k_norm_weight, self.eps)
+        if self.rotary is not None:
+            k = self.rotary(k, offset)
+        if q is not None:
+            q = q.view(B, T, q_heads, hd).transpose(1, 2)
+            if self.qk_norm:
+                q = rms_norm(q, self.q_norm_weight, self.eps)
+            if self.rotary is not None:
+                q = self.rotary(q, offset)
+        return q, k, v
+
+    def write_kv(self, x: torch.Tensor, cache: KVStore) -> None:
+        """Compute and store only K/V of `x` (normed input) for the heads the cache keeps: a layer
+        an early-exited token skips still leaves an entry for later tokens (CALM copy-forward)."""
+        n = cache.heads_for(0)
+        _, k, v = self.project(x, 0, n, cache.length)
+        cache.append(k, v)
+
     def forward(
         self,
         x: torch.Tensor,
-        state: KVState | None = None,
+        cache: KVStore | None = None,
         width: float = 1.0,
         row_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """row_mask: [B, heads at this width, 1, 1] of 0/1, zeroing a row's heads past its own
+        """Attention at a Matryoshka width (1.0: every head), appending this call's K/V to
+        `cache` when given. The cache may keep more KV heads than the width reads (it stores the
+        widest width seen); they are computed and stored, and only the width's heads are read.
+        row_mask: [B, heads at this width, 1, 1] of 0/1, zeroing a row's heads past its own
         (narrower) width before the output projection, so rows of several widths share one
         pass (batched auto decoding)."""
-        if width < 1.0 or row_mask is not None:
-            return self._forward_narrow(x, state, width, row_mask)
         B, T, _ = x.shape
-        q, k, v = self.qkv_proj(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.qk_norm:
-            q = rms_norm(q, self.q_norm_weight, self.eps)
-            k = rms_norm(k, self.k_norm_weight, self.eps)
-        offset = state.length if state is not None else 0
-        if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
-        if state is not None:
-            k, v = state.append(k, v)
-        y = self._attend(q, k, v)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-
-    def _forward_narrow(
-        self, x: torch.Tensor, state, width: float, row_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Attention over the first heads only, with weight views (no copies). A cache may ask
-        for K/V of more heads than this width reads (it stores the widest width seen so far)."""
-        B, T, _ = x.shape
-        hd, group = self.head_dim, self.n_head // self.n_kv_head
         hq, hkv = self.heads_at(width)
-        if state is None:
-            n_store = hkv
-        elif hasattr(state, "heads_for"):  # MatryoshkaKVCache
-            n_store = state.heads_for(hkv)
-        else:  # a plain KVState holds every KV head
-            n_store = self.n_kv_head
-        w = self.qkv_proj.weight
-        kq, kk = self.q_dim, self.q_dim + self.kv_dim
-        q = F.linear(x, w[: hq * hd]).view(B, T, hq, hd).transpose(1, 2)
-        k = F.linear(x, w[kq : kq + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
-        v = F.linear(x, w[kk : kk + n_store * hd]).view(B, T, n_store, hd).transpose(1, 2)
-        if self.qk_norm:
-            q = rms_norm(q, self.q_norm_weight, self.eps)
-            k = rms_norm(k, self.k_norm_weight, self.eps)
-        offset = state.length if state is not None else 0
-        if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
-        if state is not None:
-            k, v = state.append(k, v)
-        k, v = k[:, :hkv], v[:, :hkv]
+        n_store = hkv if cache is None else cache.heads_for(hkv)
+        offset = 0 if cache is None else cache.length
+        q, k, v = self.project(x, hq, n_store, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if hkv < n_store:
+            k, v = k[:, :hkv], v[:, :hkv]
+        group = self.n_head // self.n_kv_head
         if hkv > 1 and hq != hkv * group:  # a partial last group: SDPA's i // (hq/hkv) map is wrong
             k = k.repeat_interleave(group, dim=1)[:, :hq]
             v = v.repeat_interleave(group, dim=1)[:, :hq]
         y = self._attend(q, k, v)
         if row_mask is not None:  # a row of a narrower width: its heads past that width give 0
             y = y * row_mask
-        return F.linear(y.transpose(1, 2).reshape(B, T, hq * hd), self.o_proj.weight[:, : hq * hd])
+        y = y.transpose(1, 2).reshape(B, T, hq * self.head_dim)
+        if hq == self.n_head:
+            return self.o_proj(y)
+        return F.linear(y, self.o_proj.weight[:, : hq * self.head_dim])

@@ -8,7 +8,7 @@ import torch
 from adamba.config import ElasticConfig, load_config
 from adamba.errors import AdambaError
 from adamba.model import elastic as el
-from adamba.model.cache import MatryoshkaKVCache
+from adamba.model.cache import KVCache
 from adamba.model.elastic_runner import ElasticRunner
 from adamba.model.lm import LM
 from adamba.nn.attention import Attention
@@ -131,7 +131,7 @@ def test_narrow_decode_with_cache_equals_full_forward_at_width(width):
 def test_matryoshka_cache_slices_down_never_pads_up():
     torch.manual_seed(0)
     a = Attention(elastic_config())
-    cache = MatryoshkaKVCache(1, 2, 8, "cpu", torch.float32)
+    cache = KVCache(1, 2, 8, "cpu", torch.float32)
     cache.reserve_heads(2)  # widest width first
     x = torch.randn(1, 6, 64)
     narrow_then = a(x[:, :4], cache, width=0.25)  # stores both KV heads, reads one
@@ -139,7 +139,7 @@ def test_matryoshka_cache_slices_down_never_pads_up():
     ref = a(x, width=0.25)
     torch.testing.assert_close(torch.cat([narrow_then, step], 1), ref, atol=1e-5, rtol=1e-5)
     assert cache.heads == 2 and cache.nbytes() == 2 * 2 * 6 * 8 * 4
-    grow = MatryoshkaKVCache(1, 2, 8, "cpu", torch.float32)
+    grow = KVCache(1, 2, 8, "cpu", torch.float32)
     a(x[:, :3], grow, width=0.25)
     assert grow.heads == 1
     with pytest.raises(AdambaError, match="cannot widen"):
