@@ -71,6 +71,8 @@ class ElasticHeads(nn.Module):
     """The ConfidenceGate (per layer but the last: Linear(d, 1), or a d -> gate_hidden -> 1 MLP)
     and the LayerDimPredictor."""
 
+    PARAM_ROLES = {"*.weight": "aux", "*.bias": "bias"}
+
     def __init__(self, mcfg: ModelConfig, ecfg: ElasticConfig):
         super().__init__()
         d, L, W = mcfg.d_model, mcfg.n_layer, len(ecfg.widths)

@@ -13,6 +13,7 @@ from adamba.config import ModelConfig
 from adamba.model.cache import KVCache
 from adamba.nn.mlp import MLP
 from adamba.nn.norm import RMSNorm
+from adamba.nn.roles import ROLES, param_roles
 from adamba.ops.linear_ce import linear_cross_entropy
 
 
@@ -48,6 +49,8 @@ def sample_next(
 
 
 class Block(nn.Module):
+    PARAM_ROLES = {"norm1.weight": "norm", "norm2.weight": "norm"}  # the mixer and MLP declare theirs
+
     def __init__(self, cfg: ModelConfig, layer_idx: int, kind: str, ffn: str):
         super().__init__()
         self.kind = kind
@@ -68,6 +71,8 @@ class Block(nn.Module):
 
 
 class LM(nn.Module):
+    PARAM_ROLES = {"embed.weight": "embed", "norm.weight": "norm", "head.weight": "head"}
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -83,26 +88,24 @@ class LM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for matrices; residual output projections scaled by
-        1/sqrt(2 n_layer) (GPT-2) so the residual stream does not grow with depth. Mixers with
-        their own special inits (A_log, dt_bias, conv) keep them via `_no_reinit` parameters."""
-        std = self.cfg.init_std
-        out_std = std / math.sqrt(2 * self.cfg.n_layer)
-        for name, mod in self.named_modules():
-            if isinstance(mod, nn.Linear) and not getattr(mod, "_no_reinit", False):
-                leaf = name.rsplit(".", 1)[-1]
-                nn.init.normal_(mod.weight, 0.0, out_std if leaf in ("o_proj", "w_down", "out_proj") else std)
-                if mod.bias is not None:
-                    nn.init.zeros_(mod.bias)
-        nn.init.normal_(self.embed.weight, 0.0, std)
-        if not self.cfg.tie_embeddings:
-            nn.init.normal_(self.head.weight, 0.0, std)
+        """Init by parameter role (adamba/nn/roles.py): "matrix" and the embedding and head
+        N(0, init_std); "out", the residual output projections, N(0, init_std / sqrt(2 n_layer))
+        (GPT-2) so the residual stream does not grow with depth; with zero_init_out those and the
+        head then start at zero (every block the identity). "own" parameters (norm scales, SSM
+        time constants, convs) keep their layer's init."""
+        std, out_std = self.cfg.init_std, self.cfg.init_std / math.sqrt(2 * self.cfg.n_layer)
+        params, roles = dict(self.named_parameters()), param_roles(self)
+        # layers, then the embedding, then the head: the order of the random draws, so a seed
+        # gives the same weights as before roles existed
+        order = sorted(roles, key=lambda n: {"embed": 1, "head": 2}.get(roles[n], 0))
+        for name in order:
+            init = ROLES[roles[name]].init
+            if init != "own":
+                nn.init.normal_(params[name], 0.0, out_std if init == "out" else std)
         if self.cfg.zero_init_out:
-            for name, mod in self.named_modules():
-                if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in ("o_proj", "w_down", "out_proj"):
-                    nn.init.zeros_(mod.weight)
-            if not self.cfg.tie_embeddings:
-                nn.init.zeros_(self.head.weight)
+            for name in order:
+                if ROLES[roles[name]].init in ("out", "head"):
+                    nn.init.zeros_(params[name])
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -52,6 +52,8 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
 
 
 class Attention(nn.Module):
+    PARAM_ROLES = {"qkv_proj.weight": "matrix", "o_proj.weight": "out", "*_norm_weight": "norm"}
+
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         a = cfg.attn

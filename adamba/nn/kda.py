@@ -88,6 +88,17 @@ class GatedRMSNorm(nn.Module):
 
 
 class KDA(nn.Module):
+    PARAM_ROLES = {
+        "[qkvb]_proj.weight": "matrix",
+        "g_[ab]_proj.weight": "matrix",
+        "forget_gate.f_[ab]_proj.weight": "matrix",
+        "forget_gate.A_log": "time",
+        "forget_gate.dt_bias": "time",
+        "conv1d.weight": "conv",
+        "o_norm.weight": "norm",
+        "o_proj.weight": "out",
+    }
+
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx

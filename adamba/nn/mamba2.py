@@ -50,6 +50,17 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2(nn.Module):
+    PARAM_ROLES = {
+        "in_proj.weight": "matrix",
+        "conv1d.weight": "conv",
+        "conv1d.bias": "bias",
+        "dt_bias": "time",
+        "A_log": "time",
+        "D": "time",
+        "norm.weight": "norm",
+        "out_proj.weight": "out",
+    }
+
     def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.layer_idx = layer_idx

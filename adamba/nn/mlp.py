@@ -8,6 +8,8 @@ from adamba.config import ModelConfig
 
 
 class MLP(nn.Module):
+    PARAM_ROLES = {"w_up.weight": "matrix", "w_gate.weight": "matrix", "w_down.weight": "out"}
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.act = cfg.mlp.act

@@ -1,7 +1,6 @@
-"""AdamW with parameter groups: weight decay on weight matrices only.
-
-No decay on biases, norm scales, embeddings, or the SSM/gate constants (A_log, dt_bias, D),
-whose values set time scales rather than feature directions.
+"""AdamW with parameter groups by role (adamba/nn/roles.py): weight decay on the roles that
+decay (matrices), none on norm scales, biases, embeddings, and the SSM/gate time constants
+(A_log, dt_bias, D), whose values set time scales rather than feature directions.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ import torch
 from torch import nn
 
 from adamba.config import TrainConfig
-
-NO_DECAY_NAMES = ("A_log", "dt_bias", ".D", "norm", "embed")
+from adamba.nn.roles import ROLES, param_roles
 
 
 def param_groups(model: nn.Module, weight_decay: float, embed_lr_mult: float = 1.0) -> list[dict]:
@@ -19,17 +17,16 @@ def param_groups(model: nn.Module, weight_decay: float, embed_lr_mult: float = 1
     the scheduled learning rate (embeddings get their own when embed_lr_mult != 1: their rows see
     sparse, rare updates, so a higher rate speeds up early learning)."""
     decay, no_decay, embed = [], [], []
-    seen: set[int] = set()
+    roles = param_roles(model)
     for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
+        if not p.requires_grad:
             continue
-        seen.add(id(p))
-        if embed_lr_mult != 1.0 and name.startswith("embed."):
+        if embed_lr_mult != 1.0 and roles[name] == "embed":
             embed.append(p)
-        elif p.ndim < 2 or any(key in name for key in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
+        elif ROLES[roles[name]].decay:
             decay.append(p)
+        else:
+            no_decay.append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},

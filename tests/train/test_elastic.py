@@ -24,7 +24,7 @@ def test_sandwich_loss_trains_all_widths_and_heads(gate_hidden):
     y[1, 6:] = -100  # padding is masked out of every term
     total, full = te.elastic_loss(model, x, y, ecfg)
     _, ref = model(x, y)
-    assert torch.equal(full, ref)
+    torch.testing.assert_close(full, ref, rtol=1e-6, atol=0)  # fused and plain cross-entropy
     total.backward()
     heads = model.elastic
     assert all(p.grad is None for p in heads.gates.parameters())  # fitted by calibration only
@@ -219,8 +219,10 @@ def test_calibrate_gate_fits_agreement_and_freezes_the_lm():
         while True:
             yield x, y
 
-    losses = te.calibrate_gate(model, batches(), steps=60)
-    assert len(losses) == 60 and losses[-1] < 0.7 * losses[0]
+    # 180 steps: each narrow width's gates see a third of the batches; at 60 the per-width margin
+    # below depended on the seed (0.89-1.03 over six seeds), at 180 it is 0.25-0.35
+    losses = te.calibrate_gate(model, batches(), steps=180)
+    assert len(losses) == 180 and losses[-1] < 0.7 * losses[0]
     for k, v in model.state_dict().items():
         if not k.startswith("elastic."):
             assert torch.equal(v, lm_before[k]), k
