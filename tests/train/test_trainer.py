@@ -194,3 +194,10 @@ def test_compile_without_a_toolchain_is_a_clear_error_before_training(data, tmp_
         )
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
     torch._dynamo.reset()
+
+
+def test_run_is_exported_from_the_train_package():
+    """`adamba.train.run(cfg)` is the documented entry point (ARCHITECTURE.md)."""
+    import adamba.train
+
+    assert adamba.train.run is trainer.run
