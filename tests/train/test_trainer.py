@@ -162,7 +162,7 @@ def test_embed_lr_mult_scales_the_embedding_step_only(data, tmp_path):
             torch.testing.assert_close(w, weights[10][name], rtol=0, atol=0, msg=name)
 
 
-def test_compiled_training_follows_eager(data, tmp_path):
+def check_compiled_follows_eager(data, tmp_path) -> None:
     """train.compile=true (torch.compile on the training forward) trains the same model: the
     per-step losses match an eager run's, and the checkpoint and eval still work."""
     from torch._dynamo.utils import counters
@@ -178,6 +178,24 @@ def test_compiled_training_follows_eager(data, tmp_path):
     for (_, a), (_, b) in zip(eager, compiled, strict=True):
         assert abs(a - b) < 2e-3, (a, b)
     assert res.val["bpb"] > 0 and ck.read_checkpoint(tmp_path / "c").state["step"] == 6
+
+
+def test_compiled_training_follows_eager(data, tmp_path, monkeypatch):
+    """The compile path of the trainer (toolchain check, dynamo capturing the training forward and
+    its backward, losses, checkpoint) with the aot_eager backend: the same graphs inductor gets,
+    run without generating C++ (seconds, not the ~80 s inductor takes on 2 cores; the `heavy`
+    test below runs inductor itself)."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, **{**kw, "backend": "aot_eager"}))
+    torch._dynamo.reset()
+    check_compiled_follows_eager(data, tmp_path)
+    torch._dynamo.reset()
+
+
+@pytest.mark.heavy
+def test_compiled_training_follows_eager_with_inductor(data, tmp_path):
+    torch._dynamo.reset()
+    check_compiled_follows_eager(data, tmp_path)
 
 
 def test_compile_without_a_toolchain_is_a_clear_error_before_training(data, tmp_path, monkeypatch):
