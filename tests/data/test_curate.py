@@ -12,17 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adamba.data.curate import (
-    FILTERS,
-    CurateConfig,
-    MinHasher,
-    curate,
-    curate_documents,
-    estimated_jaccard,
-    normalize,
-    quality_reason,
-    read_processed,
-)
+from adamba.data.curate import CurateConfig, curate, curate_documents, normalize, read_processed
+from adamba.data.minhash import MinHasher, estimated_jaccard
+from adamba.data.quality import FILTERS, quality_reason
 from adamba.data.sources import Document, python_stdlib_documents
 from adamba.errors import AdambaError
 
