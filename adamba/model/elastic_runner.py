@@ -25,8 +25,8 @@ from adamba.config import ElasticConfig, ModelConfig
 from adamba.errors import AdambaError
 from adamba.model import flops as cost
 from adamba.model.cache import KVCache, RowView
+from adamba.model.decode import sample_next
 from adamba.model.elastic import Policy, check_width, mode_policy, model_ecfg
-from adamba.model.lm import sample_next
 
 
 @dataclass

@@ -34,20 +34,6 @@ def build_mixer(kind: str, cfg: ModelConfig, layer_idx: int) -> nn.Module:
     raise ValueError(f"unknown mixer kind {kind!r}")
 
 
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Next token ids [B] from last-position logits [B, V]: greedy at temperature <= 0, else
-    softmax sampling over the top_k most likely tokens."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    lg = logits.float() / temperature
-    if top_k:
-        kth = torch.topk(lg, min(top_k, lg.shape[-1])).values[:, -1:]
-        lg = lg.masked_fill(lg < kth, float("-inf"))
-    return torch.multinomial(F.softmax(lg, -1), 1, generator=generator).squeeze(-1)
-
-
 class Block(nn.Module):
     PARAM_ROLES = {"norm1.weight": "norm", "norm2.weight": "norm"}  # the mixer and MLP declare theirs
 
@@ -157,26 +143,3 @@ class LM(nn.Module):
                 logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
             )
         return logits, loss
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        stop_ids: set[int] | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        """Yield new token ids [B] one at a time: prefill the prompt once, then decode with the
-        per-layer state so each step costs one token's work."""
-        state = self.init_state(idx.shape[0])
-        logits, _ = self(idx, state=state)
-        logits = logits[:, -1]
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, generator)
-            yield nxt
-            if stop_ids and all(int(t) in stop_ids for t in nxt):
-                return
-            logits, _ = self(nxt[:, None], state=state)
-            logits = logits[:, -1]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from adamba.data.tokenizer import Tokenizer
+from adamba.model import decode
 from adamba.model.lm import LM
 
 
@@ -42,7 +43,7 @@ def generate_text(
             model, idx, mode, max_new_tokens, temperature, top_k, stop, gen, runners
         )
     else:
-        tokens = model.generate(idx, max_new_tokens, temperature, top_k, stop, gen)
+        tokens = decode.generate(model, idx, max_new_tokens, temperature, top_k, stop, gen)
     for nxt in tokens:
         t = int(nxt[0])
         if t in (tokenizer.eos_id, tokenizer.bos_id):
