@@ -118,7 +118,8 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
 
     torch.manual_seed(cfg.train.seed)
     model = LM(cfg.model).to(device)
-    if cfg.elastic.enabled:  # Matryoshka training: gate + predictor heads join the model
+    if cfg.elastic.enabled:  # Matryoshka training: gate + predictor heads join the model (the gate
+        # is fitted by the calibration phase after the LM steps)
         from adamba.model.elastic import attach_elastic
         from adamba.train.elastic import elastic_loss
 
@@ -190,7 +191,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             state["gate_calibration_loss"] = gate_loss
         ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
 
-    # the gate/predictor heads learn from detached inputs; a shared clip norm would still let
+    # the predictor learns from detached inputs; a shared clip norm would still let
     # their gradients (and so settings like elastic.predictor_tol) shrink the LM's update
     head_params = list(model.elastic.parameters()) if hasattr(model, "elastic") else []
     heads = {id(p) for p in head_params}
@@ -221,7 +222,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                 x, y = next(loader)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with amp:
-                    if cfg.elastic.enabled:  # sandwich widths + gate/predictor terms
+                    if cfg.elastic.enabled:  # sandwich widths + exit and predictor terms
                         loss, lm_loss = elastic_loss(model, x, y, cfg.elastic)
                     else:
                         _, loss = fwd(x, y)
