@@ -62,5 +62,7 @@ def test_rooms_import_downward_only():
 
 
 def test_no_module_in_the_package_is_over_600_lines():
-    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
+    long = {
+        str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600
+    }
     assert not long, long
