@@ -5,17 +5,23 @@ surgery and post-training): it sits just above `model` so none of them imports a
 Layout of a run directory:
     RUN/checkpoints/step_000200/{model.safetensors, config.json, tokenizer.json, trainer.pt, state.json}
     RUN/checkpoints/LATEST          <- the name of the newest complete checkpoint
-A checkpoint is first written to a temporary folder, every file fsync-ed, the folder renamed into
-place, and only then LATEST replaced (os.replace is atomic). A crash at any point leaves LATEST
-naming the previous, complete checkpoint.
+A checkpoint is first written to a temporary folder, every file fsync-ed and its sha256 (read back
+from disk) recorded in state.json, the folder renamed into place, and only then LATEST replaced
+(os.replace is atomic). A crash at any point leaves LATEST naming the previous, complete
+checkpoint. Reading verifies the digests: a damaged checkpoint is one line naming the file, and
+in a run directory the newest intact one is used instead, with a note.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import pickle
 import random
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model
 
@@ -33,6 +40,7 @@ from adamba.model.lm import LM
 
 WEIGHTS = "model.safetensors"
 KEEP_LAST = 2
+HASH_CHUNK = 1 << 24  # bytes per read when hashing a file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,6 +75,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write through Python, so a full disk is an OSError naming ENOSPC (torch.save's own writer
+    reports it as "unexpected pos ...")."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def file_digest(path: Path) -> dict:
+    """{"sha256", "bytes"} of a file, read back from disk."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(HASH_CHUNK), b""):
+            h.update(block)
+    return {"sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -76,32 +100,48 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and point LATEST at it; prune old ones."""
+    """Write checkpoint `step` atomically, with the sha256 of every file (read back from disk) in
+    its state.json, and point LATEST at it; prune old ones. A failure to write (a full disk, a
+    lost mount) is one line naming the folder and the reason; LATEST still names the previous
+    checkpoint, which is untouched."""
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_root))
+    tmp = None
     try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpt_root))
         save_model(model, str(tmp / WEIGHTS))
         _write_json(tmp / "config.json", cfg.to_dict())
         if tokenizer_path:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         if optimizer is not None or state is not None:
-            torch.save(
-                {"optimizer": optimizer.state_dict() if optimizer else None, "rng": rng_state()},
-                tmp / "trainer.pt",
-            )
-        _write_json(tmp / "state.json", {"step": step, **(state or {})})
+            buf = io.BytesIO()
+            torch.save({"optimizer": optimizer.state_dict() if optimizer else None, "rng": rng_state()}, buf)
+            _write_bytes(tmp / "trainer.pt", buf.getbuffer())
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        files = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}
+        _write_json(tmp / "state.json", {"step": step, **(state or {}), "files": files})
+        with open(tmp / "state.json", "rb") as fh:
+            os.fsync(fh.fileno())
         _fsync_dir(tmp)
         final = ckpt_root / name
         if final.exists():
             shutil.rmtree(final)
         _commit(tmp, final, ckpt_root)
+    except (OSError, SafetensorError) as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        latest = ckpt_root / "LATEST"
+        prev = (
+            f"{latest.read_text().strip()} is intact" if latest.is_file() else "no earlier checkpoint exists"
+        )
+        raise AdambaError(f"cannot save checkpoint {name} in {ckpt_root}: {why} ({prev})") from e
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(ckpt_root, keep=name)
     return final
@@ -120,6 +160,7 @@ def _commit(tmp: Path, final: Path, ckpt_root: Path) -> None:
 
 
 def _prune(ckpt_root: Path, keep: str) -> None:
+    """Keep the newest KEEP_LAST checkpoints (`keep`, just written and verified, among them)."""
     done = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
     for p in done[:-KEEP_LAST]:
         if p.name != keep:
@@ -128,25 +169,81 @@ def _prune(ckpt_root: Path, keep: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory, its checkpoints/ folder, or one checkpoint folder -> the checkpoint folder."""
+def verify_checkpoint(ckpt: Path, full: bool = True) -> str | None:
+    """None if the checkpoint folder is intact, else what is wrong, naming the file. Every file
+    listed in state.json must exist with its size and (full) its sha256; without `full`, sizes
+    and the safetensors header only (seconds saved on a multi-GB checkpoint). A checkpoint saved
+    before digests existed passes if its files are readable."""
+    state_file = ckpt / "state.json"
+    try:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        return f"{state_file} is unreadable ({e})"
+    files = state.get("files") or {WEIGHTS: None}
+    for fname, digest in files.items():
+        f = ckpt / fname
+        if not f.is_file():
+            return f"{f} is missing"
+        if digest is None:
+            continue
+        size = f.stat().st_size
+        if size != digest["bytes"]:
+            return f"{f} has {size:,} bytes, {digest['bytes']:,} were written (truncated or replaced)"
+        if full and file_digest(f)["sha256"] != digest["sha256"]:
+            return f"{f} does not match the sha256 recorded when it was written (corrupted)"
+    if not full:
+        return _check_safetensors_header(ckpt / WEIGHTS)
+    return None
+
+
+def _check_safetensors_header(f: Path) -> str | None:
+    """The fast check: the header parses and its last tensor ends where the file does."""
+    try:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{f} has no readable safetensors header ({e})"
+    if 8 + n + end != f.stat().st_size:
+        return f"{f} is {f.stat().st_size:,} bytes, its header describes {8 + n + end:,} (truncated)"
+    return None
+
+
+def resolve_checkpoint(path: str | Path, full: bool = True) -> Path:
+    """A run directory, its checkpoints/ folder, or one checkpoint folder -> an intact checkpoint
+    folder. In a run directory: the one LATEST names, or, when that one is missing or damaged,
+    the newest intact older one, with a note on stderr saying which and why. A checkpoint folder
+    named directly must itself be intact."""
     p = Path(path)
     if not p.exists():
         raise AdambaError(f"checkpoint not found: {p}")
-    for root in (p / "checkpoints", p):
-        latest = root / "LATEST"
-        if latest.is_file():
-            cand = root / latest.read_text().strip()
-            if (cand / WEIGHTS).is_file():
-                return cand
-            raise AdambaError(
-                f"{latest} names {cand.name}, which has no {WEIGHTS}; the checkpoint is incomplete"
-            )
-    if (p / WEIGHTS).is_file():
-        return p
-    raise AdambaError(
-        f"no model weights in {p}: expected {WEIGHTS} or checkpoints/LATEST (is this a run directory of `adamba train`?)"
-    )
+    root = next((r for r in (p / "checkpoints", p) if (r / "LATEST").exists() or any(r.glob("step_*"))), None)
+    if root is None:
+        if (p / WEIGHTS).is_file() or (p / "state.json").is_file():
+            problem = verify_checkpoint(p, full)
+            if problem:
+                raise AdambaError(f"damaged checkpoint: {problem}")
+            return p
+        raise AdambaError(
+            f"no model weights in {p}: expected {WEIGHTS} or checkpoints/LATEST "
+            "(is this a run directory of `adamba train`?)"
+        )
+    latest = root / "LATEST"
+    named = latest.read_text().strip() if latest.is_file() else ""
+    steps = sorted((c for c in root.glob("step_*") if c.is_dir()), reverse=True)
+    order = ([root / named] if named else []) + [c for c in steps if c.name != named]
+    first_problem = "" if named else f"{latest} is missing"
+    for cand in order:
+        problem = verify_checkpoint(cand, full) if cand.is_dir() else f"{cand} does not exist"
+        if problem is None:
+            if first_problem:
+                print(f"adamba: note: {first_problem}; using {cand}", file=sys.stderr)
+            return cand
+        first_problem = first_problem or problem
+    raise AdambaError(f"no intact checkpoint in {root}: {first_problem or 'none was saved'}")
 
 
 @dataclass
@@ -161,8 +258,9 @@ class Checkpoint:
         return t if t.is_file() else None
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    ckpt = resolve_checkpoint(path)
+def read_checkpoint(path: str | Path, full: bool = True) -> Checkpoint:
+    """The newest intact checkpoint at `path` (see resolve_checkpoint) with its config and state."""
+    ckpt = resolve_checkpoint(path, full)
     try:
         cfg = config_from_dict(json.loads((ckpt / "config.json").read_text()))
         state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
@@ -174,6 +272,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     try:
         st_load_model(model, str(ckpt.path / WEIGHTS), strict=True)
+    except SafetensorError as e:
+        first = str(e).strip().splitlines()[0]
+        raise AdambaError(f"{ckpt.path / WEIGHTS} is not a readable safetensors file: {first}") from e
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise AdambaError(f"{ckpt.path / WEIGHTS} does not match the model config: {first}") from e
@@ -185,7 +286,11 @@ def load_trainer_state(ckpt: Checkpoint) -> dict:
         raise AdambaError(
             f"{ckpt.path} has no trainer.pt (optimizer state): it cannot be resumed, only sampled"
         )
-    return torch.load(f, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AdambaError(f"{f} is unreadable ({first})") from e
 
 
 def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):

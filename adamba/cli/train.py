@@ -15,7 +15,7 @@ def run(args: argparse.Namespace) -> None:
     if args.no_progress:
         overrides.append("run.progress=false")
     cfg = load_config(args.config, overrides)
-    res = train_run(cfg, resume=args.resume)
+    res = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
     val = f", val loss {res.val['loss']:.4f}, val bpb {res.val['bpb']:.4f}" if res.val else ""
     print(
         f"trained {res.steps} steps, {res.tokens_seen:,} tokens, {res.tokens_per_s:,.0f} tok/s{val} -> {res.run_dir}"
@@ -33,7 +33,12 @@ def register(sub) -> None:
         help="override a config value, e.g. train.lr=1e-3 or model.attn.n_head=8 (repeatable)",
     )
     t.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        "--resume", action="store_true", help="continue from the run directory's latest intact checkpoint"
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run directory that holds an earlier run (deletes its checkpoints and metrics)",
     )
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
     t.set_defaults(func=run)

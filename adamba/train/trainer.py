@@ -24,8 +24,10 @@ from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
+from adamba.train import rundir
 from adamba.train.monitor import MetricsLog, ProgressDisplay
 from adamba.train.optim import build_optimizer
+from adamba.train.rundir import RunLock
 from adamba.train.schedule import lr_multiplier
 
 CALIBRATION_STEPS = 5  # steps timed before a max_minutes budget fixes the run length
@@ -91,7 +93,11 @@ def _check_resume_config(cfg: Config, ckpt: ck.Checkpoint) -> None:
         raise AdambaError(f"cannot resume: the model config differs from the checkpoint's ({detail})")
 
 
-def run(cfg: Config, resume: bool = False) -> TrainResult:
+def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train `cfg` into cfg.run.out_dir. The run directory is locked for the run's life (a
+    second run into it is refused); a fresh run over an earlier one is refused unless `resume`
+    (continue it exactly) or `overwrite` (delete it first). SIGINT/SIGTERM finish the step in
+    flight, save, and raise KeyboardInterrupt."""
     cfg.validate()
     run_dir = Path(cfg.run.out_dir)
     if cfg.train.threads > 0:
@@ -100,7 +106,19 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     tokenizer = load_tokenizer(cfg)
     if not cfg.data.train:
         raise AdambaError("data.train is empty: list the training manifests (see `adamba data shards`)")
+    with RunLock(run_dir), rundir.StepBoundaryStop() as stop:
+        rundir.prepare(run_dir, resume, overwrite)
+        return _train(cfg, run_dir, device, tokenizer, resume, stop)
 
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    device: torch.device,
+    tokenizer: Tokenizer,
+    resume: bool,
+    stop: rundir.StepBoundaryStop,
+) -> TrainResult:
     ckpt = None
     if resume:
         try:
@@ -154,8 +172,10 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         tokens_seen = ckpt.state.get("tokens_seen", 0)
         elapsed_prev = ckpt.state.get("elapsed_s", 0.0)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    try:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    except OSError as e:
+        raise AdambaError(f"cannot write {run_dir / 'config.json'}: {e.strerror}") from e
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None)
     display = ProgressDisplay(total, start, enabled=cfg.run.progress)
     budget_fixed = ckpt is not None or cfg.train.max_minutes <= 0
@@ -178,6 +198,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
 
     def save(step: int, elapsed: float, loader_state: dict) -> None:
+        nonlocal last_saved
         state = {
             "loader": loader_state,
             "max_steps": total,
@@ -190,6 +211,7 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
         if gate_loss is not None:
             state["gate_calibration_loss"] = gate_loss
         ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
+        last_saved = step
 
     # the predictor learns from detached inputs; a shared clip norm would still let
     # their gradients (and so settings like elastic.predictor_tol) shrink the LM's update
@@ -202,10 +224,27 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
     bad_steps = 0
     val = None
     step = start
+    last_saved = start if ckpt is not None else None  # the newest checkpoint on disk
     model.train()
     loader_state = loader.state_dict()  # position at the start of the current step
+    stop.on_first = lambda signum: display.print(
+        f"[yellow]{stop.name()}: finishing step {step + 1}, then saving "
+        "(Ctrl-C again stops at once, keeping the last checkpoint)[/]"
+    )
+
+    def stop_here() -> None:
+        """At a step boundary after an interrupt: save the finished steps, then stop."""
+        if bad_steps == 0 and step > start and last_saved != step:
+            save(step, elapsed_prev + time.time() - t0, loader_state)  # never inside a non-finite streak
+        display.close()
+        kept = f"checkpoint saved at step {last_saved}" if last_saved else "no checkpoint saved"
+        print(f"interrupted ({stop.name()}): {kept}; continue with --resume", file=sys.stderr)
+        raise KeyboardInterrupt
+
     try:
         while step < total:
+            if stop.requested:
+                stop_here()
             if not budget_fixed and step - start == 1:
                 t_calib = time.time()  # the first step pays one-off costs; time the next ones
             if not budget_fixed and t_calib is not None and step - start == 1 + CALIBRATION_STEPS:
@@ -240,8 +279,13 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
                     f"[yellow]step {step}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
                 )
                 if bad_steps >= MAX_BAD_STEPS:
+                    kept = (
+                        f"the last checkpoint, step {last_saved}, predates it"
+                        if last_saved
+                        else "no checkpoint was saved"
+                    )
                     raise AdambaError(
-                        f"training diverged: {bad_steps} consecutive non-finite steps at step {step}; "
+                        f"training diverged: {bad_steps} consecutive non-finite steps at step {step} ({kept}); "
                         f"lower train.lr (now {cfg.train.lr}) or raise train.warmup_frac"
                     )
             else:
@@ -268,35 +312,45 @@ def run(cfg: Config, resume: bool = False) -> TrainResult:
             metrics.write(row)
             display.update(step, total, loss_acc, lr, tok_s, f" val_bpb {val['bpb']:.3f}" if val else "")
             loader_state = loader.state_dict()
-            if step == total or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0):
+            due = step == total or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0)
+            if due and bad_steps == 0:  # never from inside a non-finite streak
                 save(step, elapsed, loader_state)
-    except KeyboardInterrupt:
-        # keep the finished steps: checkpoint them (the step in flight is redone on --resume)
-        if step > start:
-            display.close()
-            save(step, elapsed_prev + time.time() - t0, loader_state)
-            print(f"interrupted: checkpoint saved at step {step}; continue with --resume", file=sys.stderr)
-        raise
     finally:
         display.close()
         metrics.close()
+        if step < total:
+            loader.close()
     ec = cfg.elastic
     if ec.enabled and ec.calibrate_steps > 0 and step >= total and gate_calibrated < ec.calibrate_steps:
         # the gate-calibration phase: LM frozen, gate fitted to the final model's own agreement
         from adamba.train.elastic import calibrate_gate
 
         bar = ProgressDisplay(ec.calibrate_steps, 0, enabled=cfg.run.progress)
-        with amp:
-            losses = calibrate_gate(
-                model,
-                ((x.to(device), y.to(device)) for x, y in iter(loader.__next__, None)),
-                ec.calibrate_steps,
-                on_step=lambda i, loss, lr: bar.update(
-                    i, ec.calibrate_steps, loss, lr, 0.0, " gate calibration"
-                ),
-                reuse=ec.calibrate_reuse,
-            )
-        bar.close()
+
+        def on_step(i: int, loss: float, lr: float) -> None:
+            bar.update(i, ec.calibrate_steps, loss, lr, 0.0, " gate calibration")
+            if stop.requested:  # the LM's checkpoint is saved; --resume redoes the calibration
+                bar.close()
+                print(
+                    f"interrupted ({stop.name()}) during gate calibration: the checkpoint of step {step} "
+                    "is saved; --resume runs the calibration again",
+                    file=sys.stderr,
+                )
+                raise KeyboardInterrupt
+
+        try:
+            with amp:
+                losses = calibrate_gate(
+                    model,
+                    ((x.to(device), y.to(device)) for x, y in iter(loader.__next__, None)),
+                    ec.calibrate_steps,
+                    on_step=on_step,
+                    reuse=ec.calibrate_reuse,
+                )
+        finally:
+            bar.close()
+            if stop.requested:
+                loader.close()
         gate_calibrated, gate_loss = ec.calibrate_steps, sum(losses[-20:]) / len(losses[-20:])
         save(step, elapsed_prev + time.time() - t0, loader.state_dict())
     loader.close()  # stop the prefetch thread now, not at garbage collection

@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -41,8 +43,8 @@ def test_resume_is_exact(data, tmp_path, monkeypatch):
 
     def flaky_next(self):
         calls["n"] += 1
-        if calls["n"] == 6:  # training batch of step 6: interrupt mid-run
-            raise KeyboardInterrupt
+        if calls["n"] == 6:  # training batch of step 6: interrupt mid-step
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C: the step in flight completes
         return real_next(self)
 
     monkeypatch.setattr(TokenLoader, "__next__", flaky_next)
@@ -50,7 +52,7 @@ def test_resume_is_exact(data, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         trainer.run(cfg_b)
     monkeypatch.setattr(TokenLoader, "__next__", real_next)
-    assert ck.read_checkpoint(tmp_path / "b").state["step"] == 5
+    assert ck.read_checkpoint(tmp_path / "b").state["step"] == 6  # saved at the step boundary
     cfg_b = load_config("tiny-cpu", tiny_overrides(data, tmp_path / "b", steps=8) + ["train.eval_every=0"])
     trainer.run(cfg_b, resume=True)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
@@ -68,7 +70,9 @@ def test_fault_between_write_and_rename_keeps_previous_checkpoint(data, tmp_path
         raise OSError("simulated crash between write and rename")
 
     monkeypatch.setattr(ck, "_commit", crash)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(
+        AdambaError, match=r"cannot save checkpoint step_000008 .*simulated.*step_000004 is intact"
+    ):
         trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=8)), resume=True)
     after = ck.read_checkpoint(run_dir)
     assert after.path == before.path and after.state["step"] == 4
@@ -92,7 +96,7 @@ def test_fault_before_latest_update(data, tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(ck.os, "replace", replace)
-    with pytest.raises(OSError):
+    with pytest.raises(AdambaError, match="simulated crash before LATEST"):
         trainer.run(load_config("tiny-cpu", tiny_overrides(data, run_dir, steps=8)), resume=True)
     assert ck.read_checkpoint(run_dir).state["step"] == 4
 
