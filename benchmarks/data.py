@@ -7,10 +7,17 @@ interleaved over rounds so machine noise hits all alike; the median is reported.
 Loader: TokenLoader (BOS-aligned windows, mixture sampler, prefetch thread) against bare
 numpy slicing of the same memory-mapped shards at random offsets.
 
+Memory (`--memory`): peak RSS of `adamba data tokenizer` and `adamba data shards` on one
+document that is a single 50 MB line (WikiText-2 repeated, newlines turned into spaces), each
+in a fresh process (os.wait4's ru_maxrss), against the raw `tokenizers` library doing the same
+work on the whole line in one call (train_from_iterator / encode_batch_fast: what adamba did
+before it cut long texts into pieces), and the bare interpreter with the CLI's imports.
+
 Real text from ../shared/data (Tiny Shakespeare + WikiText-2 valid, split into paragraphs);
 the benchmark says so and skips when the folder is absent.
 
     python benchmarks/data.py [--rounds 3] [--vocab 8192]
+    python benchmarks/data.py --memory [--memory-mb 50] [--no-peers]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,14 +134,135 @@ def bench_loader(tok_dir: Path, rounds: int, batch: int = 16, seq: int = 256, st
     }
 
 
+# The raw library on the whole line in one call: the peers of the two adamba commands.
+PEER_TRAIN = """
+import sys
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+from adamba.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
+text = open(sys.argv[1], encoding="utf-8").read()
+hf = Tokenizer(models.BPE())
+hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                                            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+t = trainers.BpeTrainer(vocab_size=int(sys.argv[2]), special_tokens=SPECIAL_TOKENS,
+                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+hf.train_from_iterator([text], t)
+"""
+PEER_ENCODE = """
+import sys
+from tokenizers import Tokenizer
+text = open(sys.argv[1], encoding="utf-8").read()
+ids = Tokenizer.from_file(sys.argv[2]).encode_batch_fast([text], add_special_tokens=False)[0].ids
+print(len(ids))
+"""
+
+
+def one_line_file(path: Path, mb: float) -> int:
+    """WikiText-2 repeated, newlines turned into spaces, cut to `mb` million characters: one
+    document on one line. Returns its size in bytes."""
+    text = (SHARED / "wikitext2" / "valid.txt").read_text(encoding="utf-8").replace("\n", " ")
+    n = int(mb * 1e6)
+    path.write_text((text * (n // len(text) + 1))[:n], encoding="utf-8")
+    return path.stat().st_size
+
+
+# Starts the measured command from a bare interpreter: a child's ru_maxrss counts the memory of
+# the process it was forked from (Linux carries the pre-exec high-water mark over), so forking it
+# straight from this script would add this script's few hundred MB to every row.
+LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def peak_rss(cmd: list[str], cwd: Path) -> dict:
+    """Run `cmd` in a fresh process; its peak resident memory (MB), wall seconds and exit code."""
+    log, out = cwd / "log.txt", cwd / "rusage.txt"
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-S", "-c", LAUNCH, str(out), *cmd], stdout=f, stderr=f, cwd=cwd)
+    seconds = time.perf_counter() - t
+    maxrss_kb, rc = (int(v) for v in out.read_text().split())
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if rc else []
+    return {"peak_rss_mb": maxrss_kb / 1e3, "seconds": seconds, "rc": rc, "error": tail[0] if tail else ""}
+
+
+def bench_memory(mb: float, vocab: int, peers: bool, tmp: Path) -> dict:
+    one = tmp / "one_line.txt"
+    size = one_line_file(one, mb)
+    tok = Tokenizer.train(load_docs(), vocab)
+    tok_path = tok.save(tmp / "tokenizer.json")
+    py, cli = sys.executable, [sys.executable, "-m", "adamba", "data"]
+    runs = {
+        "interpreter + CLI imports": [*cli, "--help"],
+        "adamba data tokenizer": [*cli, "tokenizer", str(one), "--vocab-size", str(vocab)]
+        + ["--out", str(tmp / "t.json")],
+        "adamba data shards": [
+            *cli,
+            "shards",
+            str(one),
+            "--tokenizer",
+            str(tok_path),
+            "--out",
+            str(tmp / "s"),
+        ],
+    }
+    if peers:
+        runs["raw tokenizers: train, whole line"] = [py, "-c", PEER_TRAIN, str(one), str(vocab)]
+        runs["raw tokenizers: encode, whole line"] = [py, "-c", PEER_ENCODE, str(one), str(tok_path)]
+    env_dir = tmp / "cwd"  # not the repository root: `python -m adamba` imports what PYTHONPATH gives
+    env_dir.mkdir()
+    rows = []
+    for name, cmd in runs.items():
+        r = peak_rss(cmd, env_dir)
+        rows.append({"what": name, **r, "mb_per_s": size / 1e6 / r["seconds"]})
+        print(
+            f"  {name}: {r['peak_rss_mb']:,.0f} MB peak RSS, {r['seconds']:.1f} s"
+            + (f" (rc {r['rc']})" if r["rc"] else "")
+        )
+    return {"file_mb": size / 1e6, "characters": int(mb * 1e6), "vocab": vocab, "rows": rows}
+
+
+def print_memory(res: dict) -> None:
+    print(
+        f"\npeak memory on one {res['file_mb']:.1f} MB line ({res['characters']:,} characters), vocab {res['vocab']}:"
+    )
+    print(f"| {'process':<36} | {'peak RSS MB':>11} | {'seconds':>7} |")
+    print(f"|{'-' * 38}|{'-' * 13}|{'-' * 9}|")
+    for r in res["rows"]:
+        note = f" (failed: {r['error']})" if r["rc"] else ""
+        print(f"| {r['what']:<36} | {r['peak_rss_mb']:>11,.0f} | {r['seconds']:>7.1f} |{note}")
+
+
+def save(section: dict) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results.update(section)
+    results["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {RESULTS}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--memory", action="store_true", help="peak RSS on one long line instead of speed")
+    ap.add_argument("--memory-mb", type=float, default=50.0, help="size of that line, millions of characters")
+    ap.add_argument("--no-peers", action="store_true", help="skip the raw-library runs (they need ~7 GB)")
     args = ap.parse_args()
     docs = load_docs()
     if docs is None:
         print(f"skipped: real text not found under {SHARED} ({', '.join(FILES)})")
+        return
+    if args.memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = bench_memory(args.memory_mb, args.vocab, not args.no_peers, Path(tmp))
+        print_memory(res)
+        save({"memory": res})
         return
     t = time.perf_counter()
     tok = Tokenizer.train(docs, args.vocab)
@@ -157,13 +286,7 @@ def main() -> None:
     print(f"|{'-' * 28}|{'-' * 9}|{'-' * 8}|")
     for r in load_res["rows"]:
         print(f"| {r['what']:<26} | {r['tokens_per_s'] / 1e6:>7.2f} | {r['vs_raw']:>5.2f}x |")
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results["tokenisation"] = tok_res
-    results["loader"] = load_res
-    results["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {RESULTS}")
+    save({"tokenisation": tok_res, "loader": load_res})
 
 
 if __name__ == "__main__":

@@ -47,9 +47,15 @@ def tokenizer_cmd(
     from adamba.data.sources import SourceStats
     from adamba.data.tokenizer import Tokenizer, compression, load_cl100k
 
+    if not max_mb > 0:
+        raise AdambaError(f"--max-mb must be a number > 0, got {max_mb}")
+    if heldout_every < 1:
+        raise AdambaError(f"heldout_every must be >= 1, got {heldout_every}")
     stats = SourceStats()
     held, held_bytes, train_bytes = [], 0, 0
     limit, held_limit = max_mb * 1e6, heldout_mb * 1e6
+
+    read_all = [False]  # the reader ran to its end (so a "no usable text" is about the inputs)
 
     def train_texts():
         """Hold out every `heldout_every`-th short document and the last 1/heldout_every of
@@ -73,9 +79,15 @@ def tokenizer_cmd(
                 yield text
             elif held_bytes >= held_limit:
                 return
+        read_all[0] = True
 
     t0 = time.time()
-    tok = Tokenizer.train(train_texts(), vocab_size, show_progress=show_progress)
+    try:
+        tok = Tokenizer.train(train_texts(), vocab_size, show_progress=show_progress)
+    except AdambaError:
+        if read_all[0] and stats.documents == 0:
+            raise stats.no_text_error(inputs) from None
+        raise
     path = tok.save(out)
     lines = [
         f"tokenizer: vocab {tok.vocab_size:,} trained on {_mb(train_bytes)} in {time.time() - t0:.1f} s -> {path}",
@@ -118,18 +130,28 @@ def shards_cmd(
     from adamba.data.sources import SourceStats
     from adamba.data.tokenizer import Tokenizer
 
+    if workers < 1:
+        raise AdambaError(f"--workers must be >= 1, got {workers}")
     tok = Tokenizer.load(tokenizer)
     stats = SourceStats()
     n_bytes = 0
+
+    read_all = [False]  # the reader ran to its end (so a "no usable text" is about the inputs)
 
     def docs():
         nonlocal n_bytes
         for d in _read(inputs, text_field, stats, paragraphs):
             n_bytes += len(d.text.encode("utf-8"))
             yield d
+        read_all[0] = True
 
     t0 = time.time()
-    m = write_shards(docs(), tok, out, shard_tokens=shard_tokens, source=source, workers=workers)
+    try:
+        m = write_shards(docs(), tok, out, shard_tokens=shard_tokens, source=source, workers=workers)
+    except AdambaError:
+        if read_all[0] and stats.documents == 0:
+            raise stats.no_text_error(inputs) from None
+        raise
     dt = time.time() - t0
     shards = read_manifest(m)
     tokens = sum(s.tokens for s in shards)
@@ -151,7 +173,8 @@ def verify_cmd(paths: list[str]) -> tuple[list[str], int]:
 
     lines, bad = [], 0
     for p in paths:
-        if Path(p).suffix == ".json":
+        if Path(p).suffix.lower() == ".json":
+            mixture.read_snapshot(p)  # not a snapshot at all: one error naming it, not a FAIL line
             try:
                 snap = mixture.load_snapshot(p, verify=True)
             except AdambaError as e:
@@ -161,7 +184,7 @@ def verify_cmd(paths: list[str]) -> tuple[list[str], int]:
             n = sum(len(s) for _, _, s in snap.sources)
             lines.append(f"ok   {p}: snapshot {snap.id}, all {n} shards match")
             continue
-        if Path(p).suffix == ".toml":
+        if Path(p).suffix.lower() == ".toml":
             shards = [
                 sh for s in mixture.load_stage(p).sources for m in s.manifests for sh in read_manifest(m)
             ]

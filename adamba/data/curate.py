@@ -30,7 +30,7 @@ from typing import Any
 
 from adamba.data.minhash import LSHIndex, MinHasher
 from adamba.data.quality import quality_reason
-from adamba.data.sources import Document, SourceStats
+from adamba.data.sources import Document, SourceStats, read_text_file
 from adamba.errors import AdambaError
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +425,7 @@ def curate(
     report = CurateReport(run=run, inputs=descs)
     proc = out_dir / "processed" / f"{run}.jsonl"
     meta = out_dir / "metadata" / f"{run}.json"
+    created = [d for d in (proc.parent, meta.parent, out_dir) if not d.exists()]
     proc.parent.mkdir(parents=True, exist_ok=True)
     meta.parent.mkdir(parents=True, exist_ok=True)
     tmp = proc.with_name(proc.name + f".tmp{os.getpid()}")
@@ -434,6 +435,12 @@ def curate(
             for _, line in _run_curation(docs(), cfg, workers, progress, report, keep_text=False):
                 file_hash.update(line)
                 f.write(line)
+        if report.docs_in == 0:  # nothing readable at all (filters removing everything is a result)
+            tmp.unlink()
+            for d in created:  # leave no folders behind that this run made
+                if not any(d.iterdir()):
+                    d.rmdir()
+            raise stats.no_text_error(inputs)
         os.replace(tmp, proc)
     finally:
         tmp.unlink(missing_ok=True)
@@ -447,8 +454,15 @@ def curate(
 
 
 def read_processed(path: str | Path) -> Iterator[Document]:
-    """Documents back from a `processed/<run>.jsonl` file."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    """Documents back from a `processed/<run>.jsonl` file; a line that is not a curated record
+    (binary data, a torn write, another file) is one AdambaError naming the file and line."""
+    fix = "give a processed/<run>.jsonl written by `adamba data curate`"
+    text = read_text_file(path, "curated output", fix)
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
             rec = json.loads(line)
-            yield Document(rec["text"], rec.get("id", ""), rec.get("source", ""), rec.get("meta", {}))
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise ValueError("no text field")
+        except ValueError as e:
+            raise AdambaError(f"{path}:{n} is not a curated record ({e}); {fix}") from None
+        yield Document(rec["text"], rec.get("id", ""), rec.get("source", ""), rec.get("meta", {}))

@@ -35,11 +35,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from adamba.data.shards import ShardInfo, check_shard, manifest_path, read_manifest, shard_dict
+from adamba.data.sources import read_text_file
 from adamba.errors import AdambaError
 
 SNAPSHOT_KIND = "adamba-snapshot"
 SNAPSHOT_FORMAT = 1
 STAGE_KEYS = {"name", "sources"}
+STAGE_FIX = "a stage is a TOML file of [sources.NAME] tables with weight and manifests"
+SNAPSHOT_FIX = "make one with `adamba data mix STAGE --freeze VERSION`"
 SOURCE_KEYS = {"weight", "manifests"}
 
 
@@ -68,10 +71,11 @@ def load_stage(path: str | Path) -> Mixture:
     p = Path(path)
     if not p.is_file():
         raise AdambaError(f"stage file not found: {p}")
+    text = read_text_file(p, "a stage file", STAGE_FIX)
     try:
-        d = tomllib.loads(p.read_text(encoding="utf-8"))
+        d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise AdambaError(f"{p} is not valid TOML: {e}") from None
+        raise AdambaError(f"{p} is not valid TOML: {e}; {STAGE_FIX}") from None
     if bad := set(d) - STAGE_KEYS:
         raise AdambaError(
             f"{p}: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(STAGE_KEYS))}"
@@ -178,12 +182,25 @@ def freeze(mixture: Mixture | str | Path, version: str, out: str | Path, verify:
 
 
 def _read_json(p: Path) -> dict:
+    text = read_text_file(p, "a snapshot", SNAPSHOT_FIX)
     try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdambaError(f"{p} is not readable JSON ({e})") from None
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AdambaError(f"{p} is not a snapshot: not valid JSON ({e}); {SNAPSHOT_FIX}") from None
     if not isinstance(d, dict):
-        raise AdambaError(f"{p} is not a snapshot (expected a JSON object)")
+        raise AdambaError(f"{p} is not a snapshot (expected a JSON object); {SNAPSHOT_FIX}")
+    return d
+
+
+def read_snapshot(path: str | Path) -> dict:
+    """The raw JSON of a snapshot file; AdambaError naming it when it is not one at all (binary,
+    not JSON, not an adamba snapshot), before any of its shards is looked at."""
+    p = Path(path)
+    if not p.is_file():
+        raise AdambaError(f"snapshot not found: {p}")
+    d = _read_json(p)
+    if d.get("kind") != SNAPSHOT_KIND:
+        raise AdambaError(f"{p} is not an adamba snapshot ({SNAPSHOT_FIX})")
     return d
 
 
@@ -206,11 +223,7 @@ def load_snapshot(path: str | Path, verify: bool = True) -> Snapshot:
     """Read a snapshot and check that every file still matches it (sha256 when `verify`,
     else existence and size); any difference is refused, naming the snapshot and the file."""
     p = Path(path)
-    d = _read_json(p)
-    if d.get("kind") != SNAPSHOT_KIND:
-        raise AdambaError(
-            f"{p} is not an adamba snapshot (make one with `adamba data mix STAGE --freeze VERSION`)"
-        )
+    d = read_snapshot(p)
     try:
         label = f"snapshot {d['name']}@{d['version']} ({p})"
         if _content_hash(d["name"], d["version"], d["sources"]) != d["content_hash"]:
@@ -226,8 +239,10 @@ def load_snapshot(path: str | Path, verify: bool = True) -> Snapshot:
                 shards.append(sh)
             sources.append((s["name"], float(s["weight"]), shards))
         return Snapshot(d["name"], d["version"], d["content_hash"], d["tokenizer"], p, sources)
-    except (KeyError, TypeError) as e:
+    except KeyError as e:
         raise AdambaError(f"{p} is a damaged snapshot (missing {e}); re-freeze it") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise AdambaError(f"{p} is a damaged snapshot ({e}); re-freeze it") from None
 
 
 def load_components(

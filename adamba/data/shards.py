@@ -14,7 +14,6 @@ older manifest are deleted only after the new manifest is in place.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adamba.data.sources import read_text_file
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 
@@ -140,43 +140,21 @@ class _ShardWriter:
             self._flush(self.n_pending)
 
 
-_SAFE_CUT = re.compile(r"\n(?=\S)")
-PIECE_CHARS = 1 << 16
-
-
-def split_for_encoding(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
-    """Cut a long document into pieces that encode to exactly the same ids, so one huge file
-    still spreads over the tokenizer's threads. Cuts fall right after a newline followed by
-    a non-space character: the pre-tokenisation regex always splits there, and BPE never
-    merges across pre-tokens."""
-    if len(text) <= piece_chars:
-        return [text]
-    pieces, start = [], 0
-    while len(text) - start > piece_chars:
-        m = _SAFE_CUT.search(text, start + piece_chars)
-        if m is None:
-            break
-        pieces.append(text[start : m.end()])
-        start = m.end()
-    pieces.append(text[start:])
-    return pieces
-
-
 def _encode(tokenizer, batch: list[tuple[str, str]], append_bos: bool, dtype: str):
-    """Token array of a batch of documents (BOS first when asked), their end offsets, sources."""
-    pieces = [split_for_encoding(t) for t, _ in batch]
-    flat_ids = tokenizer.encode_batch([p for ps in pieces for p in ps])
-    if len(flat_ids) == len(batch):
-        encoded = flat_ids
-    else:  # re-join the pieces of long documents
-        it = iter(flat_ids)
-        encoded = [list(itertools.chain.from_iterable(next(it) for _ in ps)) for ps in pieces]
+    """Token array of a batch of documents (BOS first when asked), their end offsets, sources.
+
+    Arrays all the way: a long document's ids never become one Python list of ints, and the
+    tokenizer encodes it in pieces (Tokenizer.encode_arrays), so memory stays bounded."""
+    texts = [t for t, _ in batch]
+    if hasattr(tokenizer, "encode_arrays"):
+        encoded = tokenizer.encode_arrays(texts, dtype)
+    else:  # any object with encode_batch will do (test doubles, a custom tokenizer)
+        encoded = [np.asarray(ids, dtype=dtype) for ids in tokenizer.encode_batch(texts)]
     lens = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
     keep = lens > 0
-    bos = [tokenizer.bos_id] if append_bos else []
-    flat = itertools.chain.from_iterable(bos + ids for ids in encoded if ids)
-    total = int(lens.sum()) + append_bos * int(keep.sum())
-    arr = np.fromiter(flat, dtype=dtype, count=total)
+    bos = np.array([tokenizer.bos_id], dtype=dtype)
+    parts = [a for ids in encoded if len(ids) for a in ((bos, ids) if append_bos else (ids,))]
+    arr = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     ends = np.cumsum(lens[keep] + append_bos).tolist()
     srcs = [src for (_, src), k in zip(batch, keep) if k]
     return arr, ends, srcs
@@ -283,25 +261,51 @@ def manifest_path(path: str | Path) -> Path:
     return m
 
 
+MANIFEST_FIX = "give the manifest.jsonl that `adamba data shards` wrote, or its folder"
+DTYPES = ("uint16", "uint32")
+
+
+def _shard_info(d: object, base: Path) -> ShardInfo:
+    """A ShardInfo from one parsed manifest line; ValueError saying what is wrong with it."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+    if missing := [k for k in ("path", "dtype", "tokens", "sha256") if k not in d]:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if not isinstance(d["path"], str) or not d["path"]:
+        raise ValueError(f"path must be a file name, got {d['path']!r}")
+    if d["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be {' or '.join(DTYPES)}, got {d['dtype']!r}")
+    for k in ("tokens", "docs", "bos"):
+        v = d.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{k} must be a whole number >= 0, got {v!r}")
+    for k in ("sha256", "source", "tokenizer"):
+        if not isinstance(d.get(k, ""), str):
+            raise ValueError(f"{k} must be a string, got {d[k]!r}")
+    fields = {k: v for k, v in d.items() if k in ShardInfo.__dataclass_fields__}
+    fields.setdefault("docs", 0)
+    fields.setdefault("source", "")
+    fields.setdefault("tokenizer", "")
+    return ShardInfo(**dict(fields, path=(base / d["path"]).resolve()))
+
+
 def read_manifest(path: str | Path) -> list[ShardInfo]:
-    """Shards listed in a manifest (file or folder), with paths resolved next to it."""
+    """Shards listed in a manifest (file or folder), with paths resolved next to it. A binary
+    file, a line that is not JSON (a torn write) or a line missing a field is one AdambaError
+    naming the file and line."""
     m = manifest_path(path)
     shards = []
-    fields = set(ShardInfo.__dataclass_fields__)
-    for n, line in enumerate(m.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(m, "a manifest", MANIFEST_FIX).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            d = json.loads(line)
-            d = {k: v for k, v in d.items() if k in fields}
-            d["path"] = (m.parent / d["path"]).resolve()
-            shards.append(ShardInfo(**d))
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            shards.append(_shard_info(json.loads(line), m.parent))
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
             raise AdambaError(
                 f"{m}:{n} is not a valid manifest line ({e}); rewrite it with `adamba data shards`"
             ) from None
     if not shards:
-        raise AdambaError(f"manifest {m} lists no shards")
+        raise AdambaError(f"manifest {m} lists no shards; {MANIFEST_FIX}")
     return shards
 
 

@@ -6,6 +6,7 @@ line, missing field) is counted in a `SourceStats` and skipped instead of stoppi
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -92,6 +93,13 @@ class SourceStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def no_text_error(self, inputs: Iterable[str | Path]) -> AdambaError:
+        """The one-line error for inputs that gave no document at all (binary, empty, wrong field)."""
+        return AdambaError(
+            f"no usable text in {', '.join(map(str, inputs))}: {self.summary()}; give UTF-8 text, "
+            "JSONL or Parquet files (--text-field names the JSON/Parquet field holding the text)"
+        )
+
 
 def decode_text(data: bytes) -> str | None:
     """UTF-8 text of a file, or None when it looks binary (NUL bytes, or >1% undecodable)."""
@@ -103,6 +111,27 @@ def decode_text(data: bytes) -> str | None:
         text = data.decode("utf-8", errors="replace")
         bad = text.count("\ufffd")
         return text if bad <= MAX_BAD_UTF8 * max(1, len(text)) else None
+
+
+def read_text_file(path: str | Path, what: str, fix: str) -> str:
+    """The UTF-8 text of a file the user named as `what` (a manifest, a stage ...), or an
+    AdambaError naming it and `fix` when it is binary or not UTF-8. The first bytes are checked
+    before the rest is read, so a large binary file given by mistake is never loaded whole."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(BINARY_SNIFF_BYTES)
+            if b"\0" not in head:
+                try:
+                    codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+                    return (head + f.read()).decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+    except OSError as e:
+        raise AdambaError(
+            f"{path}: cannot read it ({e.strerror or e}); check the path and its permissions"
+        ) from None
+    raise AdambaError(f"{path} is not {what}: it holds binary data, not UTF-8 text; {fix}")
 
 
 def _check_exists(path: Path) -> Path:
@@ -298,7 +327,7 @@ def parquet_documents(
         cols = [text_field] if isinstance(text_field, str) else columns
         if isinstance(text_field, str) and text_field not in pf.schema_arrow.names:
             raise AdambaError(
-                f"{path}: no column {text_field!r}; columns are {', '.join(pf.schema_arrow.names)} (choose one with --field)"
+                f"{path}: no column {text_field!r}; columns are {', '.join(pf.schema_arrow.names)} (choose one with --text-field)"
             )
         row = 0
         for batch in pf.iter_batches(batch_size=batch_size, columns=cols):

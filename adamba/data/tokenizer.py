@@ -9,12 +9,19 @@ Why these choices:
   formats added later never shift an id, so shards and checkpoints stay valid.
 Ordinary text is encoded with specials disabled: a document that happens to contain the string
 "<|bos|>" is encoded as plain bytes and can never inject a control token.
+
+Long texts are encoded and trained on in pieces cut where pre-tokenisation always splits
+(`split_for_encoding`), so the ids and the merges are the same as for the whole text while
+memory stays bounded: the library holds ~130 bytes per character of one input while it
+pre-tokenises it (a 50 MB one-line file took 6-8 GB).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,6 +60,104 @@ SPLIT_PATTERN = (
 )
 
 
+PIECE_CHARS = 1 << 16  # a longer text is cut into pieces of about this size for the library
+MAX_PIECE_CHARS = 1 << 20  # a piece with no safe cut is cut here anyway (see split_for_encoding)
+ENCODE_GROUP_CHARS = 1 << 20  # characters per library call: work for its threads, bounded memory
+
+# Cuts that can never change the pre-tokens (SPLIT_PATTERN has no look-behind, so the pre-tokens
+# from a cut onwards depend only on the text after it): before a space that follows a
+# non-space, since no alternative matches a non-space and then a space; and right after a
+# newline followed by a non-space, since no alternative runs from a newline into a non-space.
+# Python's \s is a superset of the library's (Unicode White_Space), so \S here is \S there.
+_SAFE_CUT = re.compile(r"(?<=\S) |(?<=\n)(?=\S)")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _pair_splits(pair: str) -> bool:
+    """True when two non-space characters standing alone are two pre-tokens. Then a cut between
+    them is safe anywhere: the pre-tokens of letters (L), numbers (N) and anything else (P) run
+    LL, NN, PP and PL (a punctuation prefix on a word) together and split the other pairs, and a
+    split pair stays split in any context. Asking the library's own regex, not Python's Unicode
+    tables, keeps this right when the two disagree on a character (new Unicode versions)."""
+    return len(_splitter().pre_tokenize_str(pair)) == 2
+
+
+@functools.lru_cache(maxsize=1)
+def _splitter():
+    return pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated")
+
+
+def _is_cut(text: str, p: int) -> bool:
+    """Whether cutting `text` before position p is safe (the rules of _SAFE_CUT and _pair_splits)."""
+    a, b = text[p - 1], text[p]
+    if a.isspace() or b.isspace():
+        return (b == " " and not a.isspace()) or (a == "\n" and not b.isspace())
+    return _pair_splits(a + b)
+
+
+def _find_cut(text: str, lo: int, hi: int) -> int:
+    """The first safe cut position in [lo, hi), or -1. Searched in growing windows, so the cost
+    follows the distance to the cut, not the size of the range."""
+    step = 256
+    while lo < hi:
+        end = min(hi, lo + step)
+        m = _SAFE_CUT.search(text, lo, end)
+        for p in range(lo, m.start() if m else end):  # a pair cut before the first space/newline cut
+            pair = text[p - 1 : p + 1]
+            if not (pair[0].isspace() or pair[1].isspace()) and _pair_splits(pair):
+                return p
+        if m:
+            return m.start()
+        lo, step = end, step * 4
+    return -1
+
+
+def iter_pieces(
+    text: str, piece_chars: int | None = None, max_piece_chars: int | None = None
+) -> Iterator[str]:
+    """The pieces of `split_for_encoding`, one at a time (slices made as they are needed)."""
+    piece_chars = piece_chars or PIECE_CHARS
+    max_piece_chars = max(piece_chars, max_piece_chars or MAX_PIECE_CHARS)
+    start = 0
+    while len(text) - start > piece_chars:
+        cut = _find_cut(text, start + piece_chars, min(len(text), start + max_piece_chars))
+        if cut < 0:  # none ahead: the last one before the target size, else forced (see below)
+            if len(text) - start <= max_piece_chars:
+                break
+            back = (p for p in range(start + piece_chars - 1, start, -1) if _is_cut(text, p))
+            cut = next(back, start + max_piece_chars)
+        yield text[start:cut]
+        start = cut
+    yield text[start:] if start else text
+
+
+def split_for_encoding(
+    text: str, piece_chars: int | None = None, max_piece_chars: int | None = None
+) -> list[str]:
+    """Cut a long text into pieces of about `piece_chars` (default PIECE_CHARS) that encode to
+    exactly the ids of the whole (with an adamba tokenizer), so memory stays bounded and a huge
+    document still spreads over the library's threads. Cuts fall only where pre-tokenisation
+    always splits (_SAFE_CUT, _pair_splits). The one exception: a stretch of `max_piece_chars`
+    (default MAX_PIECE_CHARS) characters with no such place (a million-character "word": one
+    run of letters, of digits or of punctuation) is cut at that length anyway; there the one
+    pre-token spanning the cut is encoded as two, so the tokens at that cut can differ from
+    encoding the whole (nothing else changes)."""
+    return list(iter_pieces(text, piece_chars, max_piece_chars))
+
+
+def _pre_tokenizer():
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _state(component) -> object:
+    return None if component is None else json.loads(component.__getstate__())
+
+
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's printable-unicode stand-in for each byte, inverted (char -> byte)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
@@ -79,6 +184,8 @@ class Tokenizer:
                 )
         hf.encode_special_tokens = True  # ordinary text never produces control tokens
         self._hf = hf
+        # pieces encode like the whole only under adamba's pre-tokenizer and no normalizer
+        self._cuttable = hf.normalizer is None and _state(hf.pre_tokenizer) == _state(_pre_tokenizer())
         self._special = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
 
     # ---- construction ---------------------------------------------------------------------
@@ -89,12 +196,7 @@ class Tokenizer:
         if vocab_size < min_vocab:
             raise AdambaError(f"vocab_size={vocab_size} is too small: use at least {min_vocab}")
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+        hf.pre_tokenizer = _pre_tokenizer()
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -106,10 +208,11 @@ class Tokenizer:
         usable = [0]
 
         def counted(it: Iterable[str]) -> Iterator[str]:
+            """Usable texts, long ones in pieces: the same pre-tokens, so the same word counts."""
             for t in it:
                 if t and not t.isspace():
                     usable[0] += 1
-                    yield t
+                    yield from iter_pieces(t)
 
         hf.train_from_iterator(counted(texts), trainer)
         if usable[0] == 0:
@@ -144,12 +247,45 @@ class Tokenizer:
     # ---- use ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids of ordinary text; no BOS/EOS added."""
+        if len(text) > PIECE_CHARS:
+            return self.encode_batch([text])[0]
         return self._hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """encode() for many texts at once (parallel inside the Rust library)."""
-        fast = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # no offsets; tokenizers >= 0.21
-        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in self._encoded_pieces(texts):
+            out[i] += ids
+        return out
+
+    def encode_arrays(self, texts: list[str], dtype: str | np.dtype = np.uint32) -> list[np.ndarray]:
+        """encode_batch() as one numpy array per text: a long text never becomes a Python list
+        of ints (36 bytes per token), only arrays of its pieces."""
+        texts = list(texts)
+        parts: list[list[np.ndarray]] = [[] for _ in texts]
+        for i, ids in self._encoded_pieces(texts):
+            parts[i].append(np.array(ids, dtype=dtype))
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+
+    def _encoded_pieces(self, texts: list[str]) -> Iterator[tuple[int, list[int]]]:
+        """(text index, ids of its next piece), in order; each library call gets about
+        ENCODE_GROUP_CHARS characters, so only that much is ever pre-tokenised at once."""
+        # encode_batch_fast skips the offsets (tokenizers >= 0.21)
+        fast = getattr(self._hf, "encode_batch_fast", None) or self._hf.encode_batch
+        group: list[str] = []
+        owner: list[int] = []
+        chars = 0
+        for i, text in enumerate(texts):
+            for piece in iter_pieces(text) if self._cuttable else [text]:
+                group.append(piece)
+                owner.append(i)
+                chars += len(piece)
+                if chars >= ENCODE_GROUP_CHARS:
+                    yield from zip(owner, [e.ids for e in fast(group, add_special_tokens=False)])
+                    group, owner, chars = [], [], 0
+        if group:
+            yield from zip(owner, [e.ids for e in fast(group, add_special_tokens=False)])
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens are rendered by name (e.g. "<|bos|>")."""

@@ -137,7 +137,7 @@ def test_parallel_workers_write_identical_shards(tok, tmp_path):
 
 
 def test_long_documents_split_without_changing_ids(tok):
-    from adamba.data.shards import split_for_encoding
+    from adamba.data.tokenizer import split_for_encoding
 
     seps = ["\n", "\n\n", " \n\t", "\n  ", "\r\n", "\n\n\n", ".\n", "\n-"]
     docs = corpus(400, seed=5)
@@ -145,3 +145,20 @@ def test_long_documents_split_without_changing_ids(tok):
     pieces = split_for_encoding(text, piece_chars=500)
     assert len(pieces) > 5 and "".join(pieces) == text
     assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_line_document_shards_like_the_whole(tok, tmp_path, monkeypatch, workers):
+    """A document that is one long line is encoded in pieces (bounded memory) and the shards
+    hold exactly the whole document's ids, with one BOS."""
+    from adamba.data import tokenizer as T
+
+    line = " ".join(corpus(300, seed=6))
+    monkeypatch.setattr(T, "PIECE_CHARS", 200)  # module globals: seen by forked workers too
+    monkeypatch.setattr(T, "ENCODE_GROUP_CHARS", 700)
+    assert len(T.split_for_encoding(line)) > 20
+    m = write_shards(["short doc", line], tok, tmp_path, shard_tokens=1000, workers=workers)
+    got = np.concatenate([load_tokens(s) for s in read_manifest(m)])
+    whole = tok.hf.encode(line, add_special_tokens=False).ids
+    np.testing.assert_array_equal(got, [tok.bos_id, *tok.encode("short doc"), tok.bos_id, *whole])
+    assert sum(s.docs for s in read_manifest(m)) == 2
