@@ -15,18 +15,100 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from adamba.data.curate import CurateConfig, MinHasher, curate_documents, normalize
+from adamba.data.sources import Document
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from adamba.data.curate import CurateConfig, MinHasher, curate_documents, normalize  # noqa: E402
-
 SHARED = ROOT.parent / "shared" / "data"
+
+
+# ---- the real text and planted duplicates (the same construction as tests/data/test_curate.py's
+# acceptance test, which keeps its own copy: a benchmark does not import tests)
+
+
+def real_documents(root: Path, gsm8k_limit: int | None = None) -> list[Document]:
+    """Tiny Shakespeare in ~300-word chunks (at blank lines), WikiText-2 valid articles, GSM8K records."""
+    docs: list[Document] = []
+    cur, n = [], 0
+    for line in (root / "tinyshakespeare" / "input.txt").read_text().split("\n"):
+        cur.append(line)
+        n += len(line.split())
+        if n >= 300 and not line.strip():
+            docs.append(
+                Document("\n".join(cur).strip(), id=f"shakespeare/{len(docs)}", source="tinyshakespeare")
+            )
+            cur, n = [], 0
+    wiki = re.split(r"\n (= [^=].*? =) \n", "\n" + (root / "wikitext2" / "valid.txt").read_text())
+    for i in range(1, len(wiki), 2):
+        docs.append(
+            Document((wiki[i] + "\n" + wiki[i + 1]).strip(), id=f"wikitext/{i // 2}", source="wikitext2")
+        )
+    with open(root / "gsm8k" / "train.jsonl") as f:
+        for i, line in enumerate(f):
+            if gsm8k_limit is not None and i >= gsm8k_limit:
+                break
+            r = json.loads(line)
+            docs.append(Document(r["question"] + "\n" + r["answer"], id=f"gsm8k/{i}", source="gsm8k"))
+    return docs
+
+
+def edit_words(text: str, frac: float, rng: random.Random, vocab: list[str]) -> str:
+    """Edit `frac` of the words: 60% substituted, 20% deleted, 20% followed by an inserted word."""
+    parts = re.split(r"(\s+)", text)
+    idx = [i for i in range(0, len(parts), 2) if parts[i]]
+    for i in rng.sample(idx, max(1, round(frac * len(idx)))):
+        op = rng.random()
+        parts[i] = rng.choice(vocab) if op < 0.6 else "" if op < 0.8 else parts[i] + " " + rng.choice(vocab)
+    return "".join(parts)
+
+
+def plant_duplicates(
+    docs: list[Document], frac_exact: float, frac_near: float, edit: float = 0.05, seed: int = 0
+) -> tuple[list[Document], list[str], list[str]]:
+    """Append exact copies and near copies (`edit` of the words changed) of random documents, shuffled,
+    after all originals (so the original is the first copy, the one curation keeps)."""
+    rng = random.Random(seed)
+    vocab = sorted({w for d in docs for w in d.text.split()})
+    picks = rng.sample(range(len(docs)), round(len(docs) * (frac_exact + frac_near)))
+    n_exact = round(len(docs) * frac_exact)
+    extra = [Document(docs[i].text, id=f"exact-of/{docs[i].id}") for i in picks[:n_exact]]
+    extra += [
+        Document(edit_words(docs[i].text, edit, rng, vocab), id=f"near-of/{docs[i].id}")
+        for i in picks[n_exact:]
+    ]
+    rng.shuffle(extra)
+    return (
+        docs + extra,
+        [d.id for d in extra if d.id.startswith("exact-of/")],
+        [d.id for d in extra if d.id.startswith("near-of/")],
+    )
+
+
+def dedup_quality(docs: list[Document], cfg: CurateConfig, workers: int = 1, seed: int = 0) -> dict:
+    """Plant 5% exact and 5% near copies, curate, and count what was caught and what was lost."""
+    planted, exact_ids, near_ids = plant_duplicates(docs, 0.05, 0.05, seed=seed)
+    kept, rep = curate_documents(planted, cfg, workers=workers)
+    kept_ids = {d.id for d in kept}
+    originals = [d.id for d in docs]
+    return {
+        "documents": len(docs),
+        "planted_exact": len(exact_ids),
+        "planted_near": len(near_ids),
+        "exact_removed": sum(i not in kept_ids for i in exact_ids) / len(exact_ids),
+        "near_detected": sum(i not in kept_ids for i in near_ids) / len(near_ids),
+        "false_positive_rate": sum(i not in kept_ids for i in originals) / len(originals),
+        "false_positives": [i for i in originals if i not in kept_ids],
+        "removed": rep.removed,
+        "seconds": rep.seconds,
+    }
 
 
 def datasketch_signatures(texts: list[str], k: int = 3, num_perm: int = 128) -> float:
@@ -69,10 +151,6 @@ def cpu_seconds() -> float:
 
 
 def main() -> None:
-    # imported here, not at the top: spawned workers re-import this module, and should not pay
-    # for pytest and the test module
-    from tests.test_curate import dedup_quality, plant_duplicates, real_documents
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "curate.json"))

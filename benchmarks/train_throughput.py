@@ -7,7 +7,7 @@ round) so machine noise hits both alike; the median step time counts. MFU is aga
 machine's measured matmul peak (fp32 on a CPU, bf16 on a GPU; printed).
 
 A preset whose layers are all attention is timed three ways: adamba with Llama's math (SwiGLU,
-no QK-norm; tests/test_model.py proves the equality), transformers' Llama with the same weights,
+no QK-norm; tests/model/test_lm.py proves the equality), transformers' Llama with the same weights,
 and the preset as configured. A preset with Mamba2 (M) or KDA (K) layers is timed twice, same
 weights: the kernels (mamba-ssm / fla, picked by adamba.ops.dispatch on CUDA) and the reference
 ops forced; on a CPU, where only the reference ops exist, once. `--compile` adds each adamba
@@ -32,6 +32,7 @@ import torch
 
 from adamba.config import load_config
 from adamba.errors import AdambaError
+from adamba.model import flops
 from adamba.model.lm import LM
 from adamba.nn.hf_twins import hf_llama
 from adamba.ops import dispatch
@@ -54,12 +55,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: i
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def flops_per_token(n_params_no_embed: int, n_attn_layers: int, d_attn: int, seq: int) -> float:
-    """6N for the matmuls (forward + backward) plus attention scores/values of the attention
-    layers (PaLM appendix B). Mamba2 / KDA scans are not counted: a few % at these shapes."""
-    return 6 * n_params_no_embed + 6 * n_attn_layers * d_attn * seq
-
-
 def make_step(model, x, y, hf: bool, amp, reference: bool = False, compiled: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), foreach=True)
     fwd = torch.compile(model) if compiled else model  # what train.compile=true does
@@ -80,7 +75,7 @@ def bench_preset(
     name, *overrides = spec.split("+")
     base = load_config(name, overrides)
     hybrid = set(base.model.pattern) != {"A"}
-    # the same math as Llama (tests/test_model.py proves equality): SwiGLU, no QK-norm
+    # the same math as Llama (tests/model/test_lm.py proves equality): SwiGLU, no QK-norm
     cfg = (
         base
         if hybrid
@@ -131,7 +126,7 @@ def bench_preset(
         n = sum(p.numel() for p in mod.parameters())
         t = sorted(times[k])[len(times[k]) // 2]  # median
         tok_s = B * T / t
-        fpt = flops_per_token(n - n_embed, n_attn, m.attn.n_head * m.attn.head_dim, T)
+        fpt = flops.train_flops_per_token(n - n_embed, n_attn, m.attn.n_head * m.attn.head_dim, T)
         row = {"preset": spec, "pattern": m.pattern, "model": k, "params": n, "batch": B, "seq": T}
         rows.append(row | {"step_s": t, "tok_s": tok_s, "mfu": tok_s * fpt / peak})
     base_tok = next(r["tok_s"] for r in rows if r["model"] == peer)

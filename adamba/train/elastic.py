@@ -25,7 +25,7 @@ their average. On `expand_train` of the steps the middle member is instead an ex
 The ConfidenceGate is not trained in the loop. `calibrate_gate` (the trainer's
 `elastic.calibrate_steps` phase after the LM steps) fits it with the LM frozen, on the final
 model's own full-width agreement at every position, and each narrow width's gates on that width's
-agreement with its own last layer. Measured (benchmarks/README.md), the calibration is what makes
+agreement with its own last layer. Measured (docs/experiments/elastic.md), the calibration is what makes
 the gate usable: a gate trained in the loop chases a moving LM and exits almost nothing at 0.95,
 and a fresh gate calibrated after training matches a warm-started one, so in-loop gate training
 (`elastic.gate_weight`, `gate_full_only`) was removed.
@@ -47,7 +47,7 @@ def predictor_target(loss_w: torch.Tensor, loss_full: torch.Tensor, ecfg: Elasti
     """1.0 where a width is good enough: its mean loss (nats/token, per example) within
     `predictor_tol` nats of the full width's. (A relative tolerance was tried and dropped: strict
     on low-loss text, loose on high-loss text, it sent the easy documents to full width;
-    benchmarks/README.md.)"""
+    docs/experiments/elastic.md.)"""
     return (loss_w <= loss_full + ecfg.predictor_tol).float()
 
 
@@ -163,14 +163,14 @@ def calibrate_gate(
     Why a phase after training: in-loop gate targets come from an LM that is still moving and
     from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
     Shakespeare and the stdlib corpus at the default 0.95, the in-loop gate skips 0.1-0.2% of
-    layer FLOPs and the calibrated one 12-21% (benchmarks/README.md, "Elastic compute"). Every
+    layer FLOPs and the calibrated one 12-21% (docs/experiments/elastic.md). Every
     `reuse` steps read one (x, y) batch and run the frozen model at full width and, with
     per-width gates, at one narrow width in turn (its labels: agreement with that width's own
     last layer); each step is one Adam step on the gates' BCE over every non-padding position
     (y != -100) of the current batch, the learning rate decaying from `lr` to 0 on a cosine.
     Why reuse and decay: the forward (an LM-head matmul per layer) costs far more than a gate
     step, and the gate is underfitted at one step per forward; measured on Tiny Shakespeare
-    (benchmarks/README.md), 8 steps per forward with the decay fit a better gate (validation
+    (docs/experiments/elastic.md), 8 steps per forward with the decay fit a better gate (validation
     BCE 0.431 against 0.441) from half the forwards; the exit curve barely moves, so the gain
     is mostly the phase's time (-30 to -40%). `full=False` fits the narrow widths' gates only
     (a model whose full-width gates are calibrated already). Returns the per-step losses

@@ -137,29 +137,3 @@ def test_auto_applies_the_predicted_width_uniformly():
     r = ElasticRunner(model, ecfg, el.Policy(None))
     r.prefill(x)
     assert r.widths == [1.0] * L  # nothing predicted good: full width
-
-
-def test_benchmark_fixed_step_matches_runner():
-    """`elastic.py compile-speed` times `fixed_step` (a pure function over preallocated caches,
-    for torch.compile) against ElasticRunner: run eagerly it must give the runner's logits at
-    every width and position, or the compiled speed-up would compare different work."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "elastic.py"
-    spec = importlib.util.spec_from_file_location("bench_elastic", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    torch.manual_seed(0)
-    model = LM(elastic_config()).eval()
-    ecfg = ElasticConfig(enabled=True, widths=WIDTHS)
-    seqs = torch.randint(0, 97, (3, 12))
-    with torch.no_grad():
-        for w in WIDTHS:
-            r = ElasticRunner(model, ecfg, el.Policy([w] * 3), batch=3)
-            r.prefill(seqs[:, :5])
-            ks, vs = bench.prompt_caches(r, 12)
-            step = bench.fixed_step(model, w)
-            for t in range(5, 12):
-                got, want = step(seqs[:, t : t + 1], ks, vs, t), r.step(seqs[:, t : t + 1])
-                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
