@@ -3,17 +3,18 @@
 A config file has one table per section ([model], [data], [train], [run], [elastic]); the model's
 layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
 `--set section.key=value` (or `section.table.key=value`) overrides one field after loading.
-Unknown keys and wrong types fail with one line that names the key and lists the valid ones,
-because a typo silently ignored costs a run. Files in an older layout are migrated on load
-(`migrate`).
+Unknown keys, wrong types (a TOML string where a number belongs too) and values out of range
+fail with one line that names the key and what it accepts, because a mistake silently taken costs
+a run. Files in an older layout are migrated on load (`migrate`). The generic machinery (typed
+values, dotted keys, migration) lives in adamba/config_io.py; the dataclasses, their `validate`
+and loading stay here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,46 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from adamba.config_io import (  # noqa: F401  (re-exported: the config API is adamba.config)
+    MOVED,
+    REMOVED,
+    apply_dict,
+    apply_overrides,
+    fields,
+    migrate,
+    section,
+    set_value,
+)
 from adamba.errors import AdambaError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def check_range(key: str, value: float, spec: str, real: bool | None = None) -> None:
+    """Raise one line unless `value` is finite and inside `spec`: ">= 1", "> 0", "[0, 1]",
+    "[0, 1)". Finiteness is checked by name because `nan < 0` is False: a NaN passes every plain
+    comparison. `real`: the field holds a float (default: judged from the value)."""
+    m = re.fullmatch(r"(>=|>) (\S+)|([\[(])(\S+), (\S+)([\])])", spec)
+    assert m, spec
+    ok = isinstance(value, int) or math.isfinite(value)
+    if m[1]:
+        lo = float(m[2])
+        ok = ok and (value >= lo if m[1] == ">=" else value > lo)
+    else:
+        lo, hi = float(m[4]), float(m[5])
+        ok = ok and (value >= lo if m[3] == "[" else value > lo)
+        ok = ok and (value <= hi if m[6] == "]" else value < hi)
+    if not ok:
+        what = "a finite number" if (isinstance(value, float) if real is None else real) else "an integer"
+        where = f"in {spec}" if m[3] else spec
+        raise AdambaError(f"{key}={value!r} is out of range: use {what} {where}")
+
+
+def check_ranges(prefix: str, obj: Any, specs: dict[str, str]) -> None:
+    """check_range for several fields of one table; `specs` maps field name -> range."""
+    types = {f.name: f.type for f in dataclasses.fields(obj)}
+    for name, spec in specs.items():
+        check_range(f"{prefix}.{name}", getattr(obj, name), spec, types[name] in (float, "float"))
 
 
 @dataclass
@@ -72,6 +110,27 @@ class KDAConfig:
     chunk_size: int = 64
 
 
+# The range of every numeric field of [model] and its tables, checked whether or not a layer uses
+# it (a value no layer reads is still a mistake); what depends on the pattern is checked in
+# ModelConfig.validate.
+MODEL_RANGES = {
+    **{"vocab_size": ">= 2", "d_model": ">= 1", "n_layer": ">= 1", "max_seq_len": ">= 1"},
+    **{"norm_eps": "> 0", "init_std": "> 0"},
+}
+TABLE_RANGES = {
+    "attn": {
+        "n_head": ">= 1",
+        "n_kv_head": ">= 1",
+        "head_dim": ">= 0",
+        "window": ">= 0",
+        "rope_theta": "> 0",
+    },
+    "mlp": {"ratio": "> 0"},
+    "mamba": {k: ">= 1" for k in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size")},
+    "kda": {"n_head": ">= 0", "head_dim": ">= 0", "conv": ">= 1", "chunk_size": ">= 1"},
+}
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 4096
@@ -81,7 +140,7 @@ class ModelConfig:
     ffn: str = "mlp"  # feed-forward per layer: "mlp" or "none"; a string of letters D/N repeats too
     # embeddings, norms, init
     tie_embeddings: bool = False
-    max_seq_len: int = 1024
+    max_seq_len: int = 1024  # initial RoPE table length; the tables grow on demand, so not a limit
     norm_eps: float = 1e-5
     init_std: float = 0.02
     # zero the residual output projections and the LM head (every block starts as the identity)
@@ -106,23 +165,61 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         """Check the values and resolve the derived defaults (the 0s of attn.head_dim, kda.n_head,
         kda.head_dim), so layers read plain numbers. Run it after the last override: a resolved
-        head_dim no longer follows d_model."""
-        a = self.attn
-        if a.head_dim == 0 and a.n_head > 0:
-            a.head_dim = self.d_model // a.n_head
-        self.kda.n_head = self.kda.n_head or a.n_head
-        self.kda.head_dim = self.kda.head_dim or a.head_dim
-        self.layer_types()
-        self.layer_ffns()
-        if "A" in self.pattern and a.n_head % max(a.n_kv_head, 1):
-            raise AdambaError(
-                f"model.attn.n_head={a.n_head} must be a multiple of model.attn.n_kv_head={a.n_kv_head} (GQA groups)"
-            )
+        head_dim no longer follows d_model. Every range first, then what the pattern uses."""
+        check_ranges("model", self, MODEL_RANGES)
+        for name, specs in TABLE_RANGES.items():
+            check_ranges(f"model.{name}", getattr(self, name), specs)
         if self.mlp.act not in ("relu2", "swiglu"):
             raise AdambaError(f"model.mlp.act={self.mlp.act!r}: choose 'relu2' or 'swiglu'")
         if self.mamba.ffn not in ("mlp", "none"):
             raise AdambaError(f"model.mamba.ffn={self.mamba.ffn!r}: choose 'mlp' or 'none'")
+        kinds, a = set(self.layer_types()), self.attn
+        ffns = self.layer_ffns()
+        if a.head_dim == 0 and ("A" in kinds or ("K" in kinds and self.kda.head_dim == 0)):
+            if self.d_model % a.n_head:
+                raise AdambaError(
+                    f"model.attn.n_head={a.n_head} must divide model.d_model={self.d_model} "
+                    "(head_dim = d_model / n_head), or set model.attn.head_dim"
+                )
+        if a.head_dim == 0:
+            a.head_dim = self.d_model // a.n_head
+        self.kda.n_head = self.kda.n_head or a.n_head
+        self.kda.head_dim = self.kda.head_dim or a.head_dim
+        if "A" in kinds:
+            self._check_attention()
+        if "M" in kinds:
+            self._check_mamba()
+        if "mlp" in ffns and round(self.mlp.ratio * self.d_model) < 1:
+            raise AdambaError(
+                f"model.mlp.ratio={self.mlp.ratio} gives an MLP of 0 units at model.d_model={self.d_model}; "
+                f"use model.mlp.ratio >= {1 / self.d_model:.3g}"
+            )
         return self
+
+    def _check_attention(self) -> None:
+        a = self.attn
+        if a.n_head % a.n_kv_head:
+            raise AdambaError(
+                f"model.attn.n_head={a.n_head} must be a multiple of model.attn.n_kv_head={a.n_kv_head} (GQA groups)"
+            )
+        if a.use_rope and a.head_dim % 2:
+            raise AdambaError(
+                f"model.attn.head_dim={a.head_dim} must be even for RoPE (rotary pairs of channels); "
+                "change model.attn.head_dim (or n_head) or set model.attn.use_rope=false"
+            )
+
+    def _check_mamba(self) -> None:
+        mc = self.mamba
+        d_inner = mc.expand * self.d_model
+        if d_inner % mc.head_dim:
+            raise AdambaError(
+                f"model.mamba.head_dim={mc.head_dim} must divide mamba.expand*d_model={d_inner}"
+            )
+        if (d_inner // mc.head_dim) % mc.n_groups:
+            raise AdambaError(
+                f"model.mamba.n_groups={mc.n_groups} must divide the number of Mamba heads "
+                f"{d_inner // mc.head_dim} (= mamba.expand*d_model / mamba.head_dim)"
+            )
 
 
 def _repeat(pattern: str, n: int, key: str, letters: str) -> list[str]:
@@ -137,6 +234,15 @@ class DataConfig:
     val: list[str] = field(default_factory=list)
     tokenizer: str = ""  # tokenizer.json path
     seq_len: int = 256
+
+    def validate(self) -> None:
+        check_range("data.seq_len", self.seq_len, ">= 1")
+        for name in ("train", "val"):
+            if any(not p for p in getattr(self, name)):
+                raise AdambaError(f"data.{name}={getattr(self, name)} has an empty path; list manifest paths")
+
+
+DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 @dataclass
@@ -155,25 +261,39 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_every: int = 100
+    grad_clip: float = 1.0  # 0 = no clipping
+    eval_every: int = 100  # 0 = no evaluation during training
     eval_batches: int = 20
-    ckpt_every: int = 200
+    ckpt_every: int = 200  # 0 = a checkpoint at the end only
     log_every: int = 10
     seed: int = 1337
-    device: str = "auto"  # "auto", "cpu", "cuda", "mps"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N", "mps"
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast on GPU)
     compile: bool = False  # torch.compile the training forward (CPU: needs a C++ compiler)
     threads: int = 0  # torch intra-op threads on CPU, 0 = leave torch's default
+
+    RANGES = {
+        **{k: ">= 1" for k in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every")},
+        **{k: ">= 0" for k in ("eval_every", "ckpt_every", "threads", "max_minutes", "grad_clip")},
+        **{k: "[0, 1]" for k in ("warmup_frac", "decay_frac", "min_lr_frac")},
+        **{k: ">= 0" for k in ("weight_decay", "embed_lr_mult")},
+        "lr": "> 0",
+        "eps": "> 0",  # 0 divides 0 by 0 for a parameter that never had a gradient
+        "beta1": "[0, 1)",
+        "beta2": "[0, 1)",
+        "seed": f"[0, {2**63})",  # numpy's and torch's generators take no negative seed
+    }
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "wsd"):
             raise AdambaError(f"train.schedule={self.schedule!r}: choose 'cosine' or 'wsd'")
         if self.dtype not in ("float32", "bfloat16"):
             raise AdambaError(f"train.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
-        for name in ("batch_size", "grad_accum", "max_steps"):
-            if getattr(self, name) < 1:
-                raise AdambaError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not re.fullmatch(DEVICES, self.device):
+            raise AdambaError(
+                f"train.device={self.device!r}: choose auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps"
+            )
+        check_ranges("train", self, self.RANGES)
 
 
 @dataclass
@@ -200,35 +320,21 @@ class ElasticConfig:
     predictor_layer: int = 1  # the predictor reads the pooled hidden state after this many layers
     predictor_tol: float = 0.04  # a width is "good enough" if its loss <= full-width loss + tol (nats/token)
 
+    RANGES = {
+        **{k: "[0, 1]" for k in ("exit_threshold", "expand_threshold", "exit_token_frac", "expand_train")},
+        **{k: ">= 0" for k in ("predictor_tol", "predictor_weight", "exit_loss_weight")},
+        **{k: ">= 0" for k in ("exit_distill_weight", "gate_hidden", "calibrate_steps")},
+        **{k: ">= 0" for k in ("expand_layers", "predictor_layer")},
+        "calibrate_reuse": ">= 1",
+    }
+
     def validate(self) -> None:
         if not self.widths or any(not (0.0 < w <= 1.0) for w in self.widths) or 1.0 not in self.widths:
             raise AdambaError(
                 f"elastic.widths={self.widths}: use fractions in (0, 1] that include 1.0, e.g. [0.125, 0.25, 0.5, 1.0]"
             )
         self.widths = sorted(set(float(w) for w in self.widths))
-        for name in (
-            "exit_threshold",
-            "expand_threshold",
-            "exit_token_frac",
-            "expand_train",
-        ):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise AdambaError(f"elastic.{name}={v} must lie in [0, 1]")
-        for name in (
-            "predictor_tol",
-            "predictor_weight",
-            "exit_loss_weight",
-            "gate_hidden",
-            "calibrate_steps",
-            "exit_distill_weight",
-        ):
-            if getattr(self, name) < 0:
-                raise AdambaError(f"elastic.{name}={getattr(self, name)} must be >= 0")
-        if self.expand_layers < 0:
-            raise AdambaError(f"elastic.expand_layers={self.expand_layers} must be >= 0")
-        if self.calibrate_reuse < 1:
-            raise AdambaError(f"elastic.calibrate_reuse={self.calibrate_reuse} must be >= 1")
+        check_ranges("elastic", self, self.RANGES)
 
 
 @dataclass
@@ -236,6 +342,10 @@ class RunConfig:
     name: str = "run"
     out_dir: str = "runs/run"
     progress: bool = True  # live rich progress display
+
+    def validate(self) -> None:
+        if not self.out_dir.strip():
+            raise AdambaError("run.out_dir is empty: name the run directory (--out DIR)")
 
 
 @dataclass
@@ -247,9 +357,18 @@ class Config:
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
 
     def validate(self) -> Config:
+        """Every section's ranges, then what one section asks of another."""
         self.model.validate()
+        self.data.validate()
         self.train.validate()
+        self.run.validate()
         self.elastic.validate()
+        e, n = self.elastic, self.model.n_layer
+        if e.enabled and e.predictor_layer > n - 1:
+            raise AdambaError(
+                f"elastic.predictor_layer={e.predictor_layer} must be below model.n_layer={n} "
+                f"(the predictor reads the hidden state after that many layers): use 0..{n - 1}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,218 +376,6 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check (and gently convert) a value against a dataclass field type."""
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        (inner,) = typing.get_args(tp)[:1]
-        if isinstance(value, str):
-            value = [value] if inner is str and not value.startswith("[") else _parse_literal(key, value)
-        if not isinstance(value, (list, tuple)):
-            raise AdambaError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(key, v, inner) for v in value]
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(key, value, arg)
-            except AdambaError:
-                continue
-        raise AdambaError(f"config key '{key}' expects {tp}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise AdambaError(f"config key '{key}' expects None, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise AdambaError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise AdambaError(f"config key '{key}' expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise AdambaError(f"config key '{key}' expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise AdambaError(f"config key '{key}' expects a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise AdambaError(f"config key '{key}' expects a string, got {value!r}")
-    return value
-
-
-def _parse_literal(key: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AdambaError(
-            f"config key '{key}': cannot parse {text!r} as a list (use JSON, e.g. [1, 2])"
-        ) from e
-
-
-# Keys that moved (the flat [model] table became nested tables) or were renamed: TOML files and
-# checkpoints' config.json written before are migrated on load (`migrate`); `--set` with an old
-# name says the new one.
-MOVED = {
-    "elastic.gate_token_frac": "elastic.exit_token_frac",
-    **{f"model.{k}": f"model.attn.{k}" for k in ("n_head", "n_kv_head", "head_dim", "use_rope")},
-    **{f"model.{k}": f"model.attn.{k}" for k in ("rope_theta", "qk_norm", "window")},
-    "model.mlp_act": "model.mlp.act",
-    "model.mlp_ratio": "model.mlp.ratio",
-    "model.mamba_ffn": "model.mamba.ffn",
-    "model.mamba_d_state": "model.mamba.d_state",
-    "model.mamba_d_conv": "model.mamba.d_conv",
-    "model.mamba_expand": "model.mamba.expand",
-    "model.mamba_headdim": "model.mamba.head_dim",
-    "model.mamba_ngroups": "model.mamba.n_groups",
-    "model.mamba_chunk_size": "model.mamba.chunk_size",
-    "model.kda_n_head": "model.kda.n_head",
-    "model.kda_head_dim": "model.kda.head_dim",
-    "model.kda_conv": "model.kda.conv",
-    "model.kda_chunk_size": "model.kda.chunk_size",
-}
-
-
-# Keys removed because measurements showed they did not help (benchmarks/README.md names the
-# commit behind any figure that used them): the value that reproduces today's behaviour, and why.
-REMOVED = {
-    "elastic.gate_weight": (
-        None,
-        "the gate is fitted only by the calibration phase (elastic.calibrate_steps)",
-    ),
-    "elastic.gate_full_only": (
-        None,
-        "the gate is fitted only by the calibration phase (elastic.calibrate_steps)",
-    ),
-    "elastic.predictor_tol_nats": (True, "elastic.predictor_tol is in nats per token"),
-}
-
-
-def migrate(data: dict[str, Any], strict: bool = False) -> dict[str, Any]:
-    """A config dict in today's layout: keys of older layouts (MOVED) put where they live now,
-    removed keys (REMOVED) dropped. `strict` (a user's TOML file): a removed key whose value asks
-    for the old behaviour is an error rather than silently different. Returns a new dict; the
-    input is left alone."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    for key, (keeps, why) in REMOVED.items():
-        sec, name = key.split(".", 1)
-        table = out.get(sec)
-        if isinstance(table, dict) and name in table:
-            value = table.pop(name)
-            if strict and keeps is not None and value != keeps:
-                raise AdambaError(f"config key '{key}' was removed: {why}")
-    for old, new in MOVED.items():
-        sec, key = old.split(".", 1)
-        table = out.get(sec)
-        if not isinstance(table, dict) or key not in table:
-            continue
-        value = table.pop(key)
-        *path, leaf = new.split(".")[1:]
-        node = table
-        for name in path:
-            node[name] = dict(node.get(name) or {})
-            node = node[name]
-        if leaf in node and node[leaf] != value:
-            raise AdambaError(f"config sets both '{old}' (the old name) and '{new}'; keep '{new}'")
-        node[leaf] = value
-    return out
-
-
-def _section(cfg: Config, name: str) -> Any:
-    if name not in SECTIONS:
-        raise AdambaError(f"unknown config section '{name}'; valid sections: {', '.join(SECTIONS)}")
-    return getattr(cfg, name)
-
-
-def _table(cfg: Config, path: list[str]) -> tuple[Any, str]:
-    """The dataclass at a dotted table path (['model', 'attn']) and its printable name."""
-    obj = _section(cfg, path[0])
-    for i, name in enumerate(path[1:], 1):
-        sub = getattr(obj, name, None) if name in _fields(obj) else None
-        if not dataclasses.is_dataclass(sub):
-            where = ".".join(path[:i])
-            tables = [f for f in _fields(obj) if dataclasses.is_dataclass(getattr(obj, f))]
-            hint = f"; tables in [{where}]: {', '.join(tables)}" if tables else ""
-            raise AdambaError(f"unknown config table '{'.'.join(path[: i + 1])}'{hint}")
-        obj = sub
-    return obj, ".".join(path)
-
-
-def _fields(obj: Any) -> list[str]:
-    return [f.name for f in dataclasses.fields(obj)]
-
-
-def set_value(cfg: Config, dotted: str, value: Any) -> None:
-    """Set `section.key` (or `section.table.key`) to value, type-checked against the dataclass field."""
-    parts = dotted.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise AdambaError(
-            f"config key '{dotted}' must look like section.key (sections: {', '.join(SECTIONS)})"
-        )
-    table, where = _table(cfg, parts[:-1])
-    key = parts[-1]
-    hints = typing.get_type_hints(type(table))
-    if key not in hints:
-        if dotted in MOVED:
-            raise AdambaError(f"config key '{dotted}' is now '{MOVED[dotted]}'")
-        if dotted in REMOVED:
-            raise AdambaError(f"config key '{dotted}' was removed: {REMOVED[dotted][1]}")
-        raise AdambaError(
-            f"unknown config key '{dotted}'; valid keys in [{where}]: {', '.join(_fields(table))}"
-        )
-    if dataclasses.is_dataclass(hints[key]):
-        sub = _fields(getattr(table, key))
-        raise AdambaError(f"'{dotted}' is a table: set one of its keys, e.g. {dotted}.{sub[0]}")
-    setattr(table, key, _coerce(dotted, value, hints[key]))
-
-
-def apply_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
-    """Apply a (TOML-shaped) dict of tables, after migrating older layouts."""
-
-    def walk(prefix: str, table: dict[str, Any]) -> None:
-        obj, _ = _table(cfg, prefix.split("."))
-        for key, value in table.items():
-            sub = getattr(obj, key, None) if key in _fields(obj) else None
-            if dataclasses.is_dataclass(sub):
-                if not isinstance(value, dict):
-                    raise AdambaError(f"{source}: '{prefix}.{key}' must be a [{prefix}.{key}] table")
-                walk(f"{prefix}.{key}", value)
-            else:
-                set_value(cfg, f"{prefix}.{key}", value)
-
-    for sec_name, table in migrate(data, strict=True).items():
-        if not isinstance(table, dict):
-            raise AdambaError(
-                f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(SECTIONS)}"
-            )
-        _section(cfg, sec_name)
-        walk(sec_name, table)
-    return cfg
-
-
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    for item in overrides:
-        if "=" not in item:
-            raise AdambaError(f"--set {item!r}: expected section.key=value")
-        key, value = item.split("=", 1)
-        set_value(cfg, key.strip(), value.strip())
-    return cfg
 
 
 def resolve_config_path(name: str) -> Path:
@@ -491,9 +398,13 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
     if name:
         path = resolve_config_path(name)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise AdambaError(f"{path}: invalid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise AdambaError(f"{path}: not a TOML file (not UTF-8 text: byte {e.start})") from e
+        except OSError as e:
+            raise AdambaError(f"cannot read config file {path}: {e.strerror}") from e
         apply_dict(cfg, data, source=str(path))
     apply_overrides(cfg, overrides or [])
     return cfg.validate()
@@ -505,7 +416,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     skipped, so an older checkpoint still loads (its weights are checked separately)."""
 
     def fill(obj: Any, table: dict[str, Any]) -> None:
-        names = set(_fields(obj))
+        names = set(fields(obj))
         for k, v in table.items():
             if k not in names:
                 continue
@@ -518,5 +429,5 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg = Config()
     for sec_name, table in migrate(data).items():
         if isinstance(table, dict):
-            fill(_section(cfg, sec_name), table)
+            fill(section(cfg, sec_name), table)
     return cfg

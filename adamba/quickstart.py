@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -19,16 +20,16 @@ import torch
 from rich.console import Console
 
 from adamba.checkpoint import load_model
-from adamba.config import load_config
+from adamba.config import Config, load_config
 from adamba.data.curate import CurateConfig, curate_documents
 from adamba.data.loader import TokenLoader
 from adamba.data.shards import load_tokens, read_manifest, write_shards
 from adamba.data.sources import Document, python_stdlib_documents, read_documents
-from adamba.data.tokenizer import Tokenizer
+from adamba.data.tokenizer import N_SPECIAL, Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb, unigram_bpb
 from adamba.serve.generate import generate_text
-from adamba.train import trainer
+from adamba.train import rundir, trainer
 from adamba.train.monitor import read_metrics
 
 VAL_PERCENT = 5  # documents whose id hashes below this percentile go to validation
@@ -62,6 +63,41 @@ def split_corpus(docs: list[Document]) -> tuple[list[Document], list[Document]]:
     return train, val
 
 
+def check_args(
+    out: str | Path,
+    minutes: float,
+    config: str,
+    overrides: list[str] | None,
+    max_corpus_mb: float,
+    overwrite: bool = False,
+) -> Config:
+    """Everything the user chose, checked before the corpus is read (minutes of work): the
+    budget (NaN passes `minutes <= 0`), the output folder (an empty name would be the current
+    directory; an earlier quickstart's run there is kept unless `overwrite`), the config, and a
+    vocabulary the byte-level tokenizer can have. Returns the config."""
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise AdambaError(f"--minutes {minutes} must be a finite number > 0")
+    if not (math.isfinite(max_corpus_mb) and max_corpus_mb > 0):
+        raise AdambaError(f"max_corpus_mb={max_corpus_mb} must be a finite number > 0")
+    if not str(out).strip():
+        raise AdambaError("--out is empty: name the output directory")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise AdambaError(f"--out {out} is a file, not a directory")
+    found = rundir.existing_run(Path(out) / "run")
+    if found and not overwrite:
+        raise AdambaError(
+            f"{out} already holds a quickstart run ({', '.join(found)}); give another --out, "
+            "or --overwrite to replace it"
+        )
+    cfg = load_config(config, overrides)
+    if cfg.model.vocab_size < N_SPECIAL + 256:
+        raise AdambaError(
+            f"model.vocab_size={cfg.model.vocab_size} is too small for the byte-level tokenizer: "
+            f"use at least {N_SPECIAL + 256} (256 bytes + {N_SPECIAL} special tokens)"
+        )
+    return cfg
+
+
 def quickstart(
     out: str | Path = "runs/quickstart",
     minutes: float = 5.0,
@@ -71,13 +107,13 @@ def quickstart(
     progress: bool = True,
     max_corpus_mb: float = 16.0,
     curate_preset: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Run the pipeline; returns the path of report.md."""
+    """Run the pipeline; returns the path of report.md. `overwrite`: replace an earlier run in
+    `out` (otherwise refused before any work)."""
     console = Console(stderr=True, quiet=not progress)
     t_start = time.time()
-    if minutes <= 0:
-        raise AdambaError(f"--minutes must be > 0, got {minutes}")
-    cfg = load_config(config, overrides)
+    cfg = check_args(out, minutes, config, overrides, max_corpus_mb, overwrite)
     out = Path(out)
 
     # 1. corpus and curation, all in memory: a bad corpus fails before anything is written
@@ -123,7 +159,7 @@ def quickstart(
     cfg.train.max_minutes = minutes
     cfg.run.out_dir = str(out / "run")
     cfg.run.progress = progress
-    res = trainer.run(cfg)
+    res = trainer.run(cfg, overwrite=overwrite)
 
     # 5. evaluate against the unigram baseline on the same validation text
     console.print("[bold]5/6 evaluate[/]")

@@ -1,6 +1,6 @@
 import pytest
 
-from adamba.config import Config, apply_overrides, load_config
+from adamba.config import SECTIONS, Config, apply_overrides, load_config
 from adamba.errors import AdambaError
 
 
@@ -166,3 +166,160 @@ def test_removed_elastic_keys_explain_themselves(tmp_path):
     assert load_config(str(p)).elastic.exit_token_frac == 0.5
     old = {"elastic": {"gate_full_only": True, "predictor_tol_nats": False, "gate_token_frac": 0.25}}
     assert config_from_dict(old).elastic.exit_token_frac == 0.25
+
+
+# ---- ranges, strict TOML types (issue 23) -------------------------------------------------------
+
+
+def _leaf_fields(obj, prefix: str):
+    """(dotted key, type) of every non-table field under a config dataclass."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        sub = getattr(obj, f.name)
+        if dataclasses.is_dataclass(sub):
+            yield from _leaf_fields(sub, f"{prefix}.{f.name}")
+        else:
+            yield f"{prefix}.{f.name}", hints[f.name]
+
+
+def _one_line_error(overrides: list[str], *needles: str) -> str:
+    with pytest.raises(AdambaError) as e:
+        load_config(None, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+    return msg
+
+
+def test_every_numeric_field_has_a_range():
+    """Every int field rejects -1 and every float field NaN and +-inf, naming the key: a field
+    added without a range check fails here."""
+    keys = [(k, tp) for sec in SECTIONS for k, tp in _leaf_fields(getattr(Config(), sec), sec)]
+    ints = [k for k, tp in keys if tp is int]
+    floats = [k for k, tp in keys if tp is float]
+    assert len(ints) > 30 and len(floats) > 20  # the walk found the fields
+    for key in ints:
+        _one_line_error([f"{key}=-1"], key)
+    for key in floats:
+        for bad in ("nan", "inf", "-inf"):
+            _one_line_error([f"{key}={bad}"], key, "finite")
+    _one_line_error(["elastic.widths=[0.5, NaN, 1.0]"], "elastic.widths")
+
+
+def test_the_mistakes_users_made_get_one_line():
+    _one_line_error(["model.attn.n_head=3"], "model.attn.n_head=3 must divide model.d_model=256", "head_dim")
+    _one_line_error(["model.attn.n_head=6", "model.attn.n_kv_head=2"], "n_head=6 must divide model.d_model")
+    _one_line_error(["model.attn.n_head=0"], "model.attn.n_head=0", ">= 1")
+    _one_line_error(["model.n_layer=0"], "model.n_layer=0")
+    _one_line_error(["model.d_model=0"], "model.d_model=0")
+    _one_line_error(["model.vocab_size=1"], "model.vocab_size=1", ">= 2")
+    for lr in ("-1e-3", "0", "nan", "inf"):
+        _one_line_error([f"train.lr={lr}"], "train.lr=", "> 0")
+    _one_line_error(["train.device=tpu"], "train.device='tpu'", "cuda:N")
+    for dev in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert load_config(None, [f"train.device={dev}"]).train.device == dev
+    for key in ("warmup_frac", "decay_frac", "min_lr_frac"):
+        _one_line_error([f"train.{key}=1.5"], f"train.{key}=1.5", "[0, 1]")
+        _one_line_error([f"train.{key}=-0.1"], f"train.{key}=-0.1", "[0, 1]")
+    for key in ("batch_size", "grad_accum", "max_steps", "eval_batches"):
+        _one_line_error([f"train.{key}=0"], f"train.{key}=0", ">= 1")
+    _one_line_error(["data.seq_len=0"], "data.seq_len=0")
+    _one_line_error(["train.beta2=1"], "train.beta2=1.0", "[0, 1)")
+    _one_line_error(["train.seed=-1"], "train.seed=-1")
+    _one_line_error(["run.out_dir= "], "run.out_dir is empty")
+    _one_line_error(['data.val=["v.jsonl", ""]'], "data.val", "empty path")
+    _one_line_error(["model.attn.window=-1"], "model.attn.window=-1")
+    _one_line_error(["model.mlp.ratio=0.001"], "model.mlp.ratio=0.001", "0 units")
+    for key in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size"):
+        _one_line_error([f"model.mamba.{key}=0"], f"model.mamba.{key}=0")
+    for key in ("conv", "chunk_size"):
+        _one_line_error([f"model.kda.{key}=0"], f"model.kda.{key}=0")
+    _one_line_error(["model.attn.n_kv_head=3"], "model.attn.n_head=4", "n_kv_head=3")
+
+
+def test_checks_follow_what_the_pattern_uses():
+    """Divisibility and RoPE parity bind only the layers that use them; max_seq_len is not a limit
+    (RoPE tables grow on demand), so a shorter one than data.seq_len is accepted and works."""
+    import torch
+
+    from adamba.model.lm import LM
+
+    # odd head_dim: an error with RoPE on an attention layer, fine without RoPE or attention
+    _one_line_error(["model.attn.head_dim=15"], "model.attn.head_dim=15", "even for RoPE")
+    assert (
+        load_config(None, ["model.attn.head_dim=15", "model.attn.use_rope=false"]).model.attn.head_dim == 15
+    )
+    # n_head not dividing d_model: fine when head_dim is given, or when no layer derives it
+    three = ["model.attn.n_head=3", "model.attn.n_kv_head=1"]
+    assert load_config(None, [*three, "model.attn.head_dim=64"]).model.attn.head_dim == 64
+    assert load_config(None, [*three, "model.pattern=M"]).model.pattern == "M"
+    _one_line_error([*three, "model.pattern=K"], "model.attn.n_head=3 must divide")
+    assert load_config(None, [*three, "model.pattern=K", "model.kda.head_dim=32"]).model.kda.n_head == 3
+    # Mamba2 shapes are checked at load time when the pattern has M layers, not at the first step
+    _one_line_error(["model.pattern=AM", "model.mamba.head_dim=48"], "model.mamba.head_dim=48 must divide")
+    _one_line_error(["model.pattern=M", "model.mamba.n_groups=3"], "model.mamba.n_groups=3")
+    assert load_config(None, ["model.mamba.head_dim=48"]).model.pattern == "A"
+    # the predictor reads after `predictor_layer` layers: only a Matryoshka run needs it < n_layer
+    over = ["model.n_layer=2", "elastic.predictor_layer=2"]
+    assert load_config(None, over).elastic.predictor_layer == 2
+    _one_line_error([*over, "elastic.enabled=true"], "elastic.predictor_layer=2", "0..1")
+    cfg = load_config(None, ["model.max_seq_len=4", "data.seq_len=32", "model.d_model=32", "model.n_layer=1"])
+    model = LM(cfg.model)
+    logits, _ = model(torch.randint(0, 100, (1, 32)))
+    assert logits.shape == (1, 32, cfg.model.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_boundaries_of_every_range_are_accepted():
+    cfg = load_config(
+        None,
+        [
+            *("train.warmup_frac=0", "train.decay_frac=1", "train.min_lr_frac=0", "train.beta1=0"),
+            *("train.eval_every=0", "train.ckpt_every=0", "train.grad_clip=0", "train.threads=0"),
+            *("train.max_minutes=0", "train.embed_lr_mult=0", "train.weight_decay=0", "train.seed=0"),
+            *("model.attn.window=0", "model.vocab_size=2", "model.kda.n_head=0", "model.kda.head_dim=0"),
+            *("elastic.gate_hidden=0", "elastic.calibrate_steps=0", "elastic.exit_threshold=1"),
+            *("elastic.expand_layers=0", "elastic.predictor_layer=0", "elastic.exit_token_frac=0"),
+        ],
+    )
+    assert cfg.train.decay_frac == 1.0 and cfg.train.seed == 0 and cfg.elastic.exit_threshold == 1.0
+
+
+def test_toml_values_are_strict_and_set_strings_are_parsed(tmp_path):
+    """A TOML file has real types: a quoted number or boolean is a mistake named with the file,
+    not something to convert; an int where a float belongs is fine; `--set` (only strings) parses."""
+    p = tmp_path / "c.toml"
+    for text, needle in [
+        ('[model]\nn_layer = "8"\n', "'model.n_layer' expects an integer, got '8' (a string: write"),
+        ('[train]\nlr = "1e-3"\n', "'train.lr' expects a number, got '1e-3'"),
+        ('[train]\ncompile = "true"\n', "'train.compile' expects true/false"),
+        ("[train]\ncompile = 1\n", "'train.compile' expects true/false, got 1"),
+        ('[elastic]\nwidths = "[0.5, 1.0]"\n', "'elastic.widths' expects a list"),
+        ("[model.attn]\nn_head = 4.0\n", "'model.attn.n_head' expects an integer, got 4.0"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(AdambaError) as e:
+            load_config(str(p))
+        assert str(p) in str(e.value) and needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    p.write_text('[train]\nlr = "fast"\n')
+    with pytest.raises(AdambaError, match=r"expects a number, got 'fast'$"):  # no "without quotes"
+        load_config(str(p))
+    p.write_text('[train]\nlr = 1\n[data]\ntrain = "a.jsonl"\n[elastic]\nwidths = [0.5, 1]\n')
+    cfg = load_config(str(p))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.train == ["a.jsonl"] and cfg.elastic.widths == [0.5, 1.0]
+    p.write_text("[train]\nlr = nan\n")
+    with pytest.raises(AdambaError, match="train.lr=nan"):
+        load_config(str(p))
+    cfg = load_config(str(p), ["train.lr=2e-3", "model.n_layer=8", "train.compile=yes"])
+    assert (cfg.train.lr, cfg.model.n_layer, cfg.train.compile) == (2e-3, 8, True)
+
+
+def test_a_binary_config_file_is_named(tmp_path):
+    p = tmp_path / "weights.toml"
+    p.write_bytes(b"\x00\x89PNG\xff\xfe" * 20)
+    with pytest.raises(AdambaError, match=r"weights.toml: not a TOML file \(not UTF-8"):
+        load_config(str(p))

@@ -10,6 +10,7 @@ import adamba
 # everything above may use them)
 LEVELS = {
     "errors": 0,
+    "config_io": 0.5,  # the TOML/override machinery config.py is built on
     "config": 1,
     "data": 1,
     "ops": 2,

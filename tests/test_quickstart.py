@@ -4,7 +4,11 @@ note and benchmarks/README.md; this checks every stage is wired and the report i
 import json
 import shutil
 
+import pytest
+
+from adamba.errors import AdambaError
 from adamba.quickstart import quickstart
+from adamba.train.monitor import read_metrics
 from tests.helpers import MODULES, STDLIB
 
 TINY = [
@@ -29,7 +33,16 @@ def test_quickstart_on_user_files(tmp_path):
     corpus.mkdir()
     for m in MODULES:
         shutil.copy(STDLIB / m, corpus / (m + ".txt"))
-    report = quickstart(out=tmp_path / "qs", minutes=5, data=[str(corpus)], overrides=TINY, progress=False)
+    # an earlier run in the output folder: refused before any work, replaced with overwrite=True
+    (tmp_path / "qs" / "run").mkdir(parents=True)
+    (tmp_path / "qs" / "run" / "metrics.jsonl").write_text('{"step": 7, "loss": -1}\n')
+    with pytest.raises(AdambaError, match="already holds a quickstart run"):
+        quickstart(out=tmp_path / "qs", minutes=5, data=[str(corpus)], overrides=TINY, progress=False)
+    with pytest.raises(AdambaError, match="--minutes nan"):
+        quickstart(out=tmp_path / "qs", minutes=float("nan"), data=[str(corpus)], overwrite=True)
+    report = quickstart(
+        out=tmp_path / "qs", minutes=5, data=[str(corpus)], overrides=TINY, progress=False, overwrite=True
+    )
     text = report.read_text()
     assert "val bits per byte" in text and "unigram bits per byte" in text
     s = json.loads((tmp_path / "qs" / "summary.json").read_text())
@@ -37,3 +50,4 @@ def test_quickstart_on_user_files(tmp_path):
     assert s["val_bpb"] < s["unigram_bpb"]  # even 80 tiny steps learn more than symbol frequencies
     assert (tmp_path / "qs" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "qs" / "run" / "checkpoints" / "LATEST").is_file()
+    assert all(r["loss"] > 0 for r in read_metrics(tmp_path / "qs" / "run" / "metrics.jsonl"))

@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> None:
         overrides=args.set or [],
         progress=not args.no_progress,
         curate_preset=args.curate,
+        overwrite=args.overwrite,
     )
     print(f"report: {report}")
 
@@ -33,6 +34,9 @@ def register(sub) -> None:
         "--curate",
         choices=["code", "web", "dedup"],
         help="curation preset (default: code for the stdlib corpus, dedup for --data)",
+    )
+    q.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier quickstart run in --out (deletes it)"
     )
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=run)

@@ -11,10 +11,11 @@ from adamba.model.elastic import MODES
 
 def run(args: argparse.Namespace) -> None:
     from adamba.checkpoint import load_model
-    from adamba.serve.generate import generate_text
+    from adamba.serve.generate import check_generate_args, generate_text
 
-    if args.max_new_tokens < 1:
-        raise AdambaError("--max-new-tokens must be >= 1")
+    if args.num_samples < 1:  # every flag is checked before the checkpoint is read
+        raise AdambaError(f"--num-samples {args.num_samples} must be >= 1")
+    check_generate_args(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
     model, tokenizer, _ = load_model(args.ckpt, args.tokenizer)
     if args.mode is not None:
         from adamba.model.elastic import mode_policy, model_ecfg

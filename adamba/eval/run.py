@@ -16,9 +16,18 @@ TASKS = ("bpb", "efficiency")
 def run_eval(
     ckpt_path: str, tasks: list[str], data: list[str] | None = None, batches: int = 50, decode_batch: int = 1
 ) -> list[str]:
+    """Every argument is checked before the checkpoint is read (named as `adamba eval`'s flags):
+    0 batches would score nothing and print a bits/byte of 0."""
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise AdambaError(f"--tasks is empty; available: {', '.join(TASKS)}")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise AdambaError(f"unknown eval task(s) {', '.join(unknown)}; available: {', '.join(TASKS)}")
+    if batches < 1:
+        raise AdambaError(f"--batches {batches} must be >= 1")
+    if decode_batch < 1:
+        raise AdambaError(f"--decode-batch {decode_batch} must be >= 1")
     model, tokenizer, ckpt = load_model(ckpt_path)
     lines = [f"checkpoint {ckpt.path} (step {ckpt.state.get('step', '?')}, {model.num_params():,} params)"]
     if "bpb" in tasks:

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
 
 from adamba.data.tokenizer import Tokenizer
+from adamba.errors import AdambaError
 from adamba.model import decode
 from adamba.model.lm import LM
+
+
+def check_generate_args(
+    prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int | None = None
+) -> None:
+    """Decoding settings, checked before any work and named as `adamba sample`'s flags. Each
+    would fail late or quietly: a NaN temperature passes `temperature <= 0` and breaks sampling,
+    a negative top-k fails inside torch.topk, a seed outside [0, 2**63) in torch's generator, and
+    a prompt holding bytes that are not UTF-8 (a shell passes them to Python as surrogate
+    escapes) inside the tokenizer."""
+    if max_new_tokens < 1:
+        raise AdambaError(f"--max-new-tokens {max_new_tokens} must be >= 1")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise AdambaError(f"--temperature {temperature} must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 0:
+        raise AdambaError(f"--top-k {top_k} must be >= 0 (0 = no top-k filtering)")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise AdambaError(f"--seed {seed} must lie in [0, 2**63)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(prompt[e.start])
+        what = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"character U+{c:04X}"
+        raise AdambaError(
+            f"--prompt is not valid UTF-8 text ({what} at position {e.start}); pass the prompt as UTF-8"
+        ) from e
 
 
 def generate_text(
@@ -26,6 +54,7 @@ def generate_text(
 
     `mode` (ghost / whisper / normal / think / auto) decodes through the elastic runner of a
     Matryoshka-trained model; `stats` then receives its per-token accounting summary."""
+    check_generate_args(prompt, max_new_tokens, temperature, top_k, seed)
     device = next(model.parameters()).device
     ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
     gen = torch.Generator(device=device)
