@@ -46,13 +46,21 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """train.device -> a device that exists here (a one-line error otherwise, not torch's
+    traceback at the first tensor)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AdambaError("train.device='cuda' but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            have = f"{n} CUDA device(s) here" if n else "no CUDA device here"
+            raise AdambaError(f"train.device={name!r} but there is {have}; use train.device=cpu or auto")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise AdambaError(
+            f"train.device={name!r} but MPS (Apple GPUs) is not available here; use cpu or auto"
+        )
+    return dev
 
 
 def autocast_ctx(device: torch.device, dtype: str):

@@ -223,3 +223,11 @@ def test_run_is_exported_from_the_train_package():
     import adamba.train
 
     assert adamba.train.run is trainer.run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's answer")
+def test_a_device_that_is_not_here_is_one_line():
+    for name, needle in (("cuda", "no CUDA device here"), ("cuda:1", "no CUDA device here"), ("mps", "MPS")):
+        with pytest.raises(AdambaError, match=needle):
+            trainer.pick_device(name)
+    assert trainer.pick_device("auto").type == "cpu"
