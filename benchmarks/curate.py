@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import re
 import statistics
 import subprocess
@@ -23,15 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-from adamba.data.curate import CurateConfig, MinHasher, curate_documents, normalize
+from adamba.data.curate import CurateConfig, curate_documents, normalize
+from adamba.data.dedup_check import dedup_quality, plant_duplicates
+from adamba.data.minhash import MinHasher
 from adamba.data.sources import Document
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-# ---- the real text and planted duplicates (the same construction as tests/data/test_curate.py's
-# acceptance test, which keeps its own copy: a benchmark does not import tests)
+# ---- the real text (the same corpus as tests/data/test_curate.py's acceptance test, which keeps
+# its own copy: a benchmark does not import tests); planted copies from adamba.data.dedup_check
 
 
 def real_documents(root: Path, gsm8k_limit: int | None = None) -> list[Document]:
@@ -58,57 +59,6 @@ def real_documents(root: Path, gsm8k_limit: int | None = None) -> list[Document]
             r = json.loads(line)
             docs.append(Document(r["question"] + "\n" + r["answer"], id=f"gsm8k/{i}", source="gsm8k"))
     return docs
-
-
-def edit_words(text: str, frac: float, rng: random.Random, vocab: list[str]) -> str:
-    """Edit `frac` of the words: 60% substituted, 20% deleted, 20% followed by an inserted word."""
-    parts = re.split(r"(\s+)", text)
-    idx = [i for i in range(0, len(parts), 2) if parts[i]]
-    for i in rng.sample(idx, max(1, round(frac * len(idx)))):
-        op = rng.random()
-        parts[i] = rng.choice(vocab) if op < 0.6 else "" if op < 0.8 else parts[i] + " " + rng.choice(vocab)
-    return "".join(parts)
-
-
-def plant_duplicates(
-    docs: list[Document], frac_exact: float, frac_near: float, edit: float = 0.05, seed: int = 0
-) -> tuple[list[Document], list[str], list[str]]:
-    """Append exact copies and near copies (`edit` of the words changed) of random documents, shuffled,
-    after all originals (so the original is the first copy, the one curation keeps)."""
-    rng = random.Random(seed)
-    vocab = sorted({w for d in docs for w in d.text.split()})
-    picks = rng.sample(range(len(docs)), round(len(docs) * (frac_exact + frac_near)))
-    n_exact = round(len(docs) * frac_exact)
-    extra = [Document(docs[i].text, id=f"exact-of/{docs[i].id}") for i in picks[:n_exact]]
-    extra += [
-        Document(edit_words(docs[i].text, edit, rng, vocab), id=f"near-of/{docs[i].id}")
-        for i in picks[n_exact:]
-    ]
-    rng.shuffle(extra)
-    return (
-        docs + extra,
-        [d.id for d in extra if d.id.startswith("exact-of/")],
-        [d.id for d in extra if d.id.startswith("near-of/")],
-    )
-
-
-def dedup_quality(docs: list[Document], cfg: CurateConfig, workers: int = 1, seed: int = 0) -> dict:
-    """Plant 5% exact and 5% near copies, curate, and count what was caught and what was lost."""
-    planted, exact_ids, near_ids = plant_duplicates(docs, 0.05, 0.05, seed=seed)
-    kept, rep = curate_documents(planted, cfg, workers=workers)
-    kept_ids = {d.id for d in kept}
-    originals = [d.id for d in docs]
-    return {
-        "documents": len(docs),
-        "planted_exact": len(exact_ids),
-        "planted_near": len(near_ids),
-        "exact_removed": sum(i not in kept_ids for i in exact_ids) / len(exact_ids),
-        "near_detected": sum(i not in kept_ids for i in near_ids) / len(near_ids),
-        "false_positive_rate": sum(i not in kept_ids for i in originals) / len(originals),
-        "false_positives": [i for i in originals if i not in kept_ids],
-        "removed": rep.removed,
-        "seconds": rep.seconds,
-    }
 
 
 def datasketch_signatures(texts: list[str], k: int = 3, num_perm: int = 128) -> float:
