@@ -99,11 +99,12 @@ def save_checkpoint(
     tokenizer_path: str | Path | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     state: dict | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, with the sha256 of every file (read back from disk) in
     its state.json, and point LATEST at it; prune old ones. A failure to write (a full disk, a
     lost mount) is one line naming the folder and the reason; LATEST still names the previous
-    checkpoint, which is untouched."""
+    checkpoint, which is untouched. `extra` joins the optimizer and RNG state in trainer.pt."""
     ckpt_root = Path(run_dir) / "checkpoints"
     name = f"step_{step:06d}"
     tmp = None
@@ -116,7 +117,8 @@ def save_checkpoint(
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         if optimizer is not None or state is not None:
             buf = io.BytesIO()
-            torch.save({"optimizer": optimizer.state_dict() if optimizer else None, "rng": rng_state()}, buf)
+            trainer_state = {"optimizer": optimizer.state_dict() if optimizer else None, "rng": rng_state()}
+            torch.save({**trainer_state, **(extra or {})}, buf)
             _write_bytes(tmp / "trainer.pt", buf.getbuffer())
         for f in tmp.iterdir():
             with open(f, "rb") as fh:

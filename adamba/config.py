@@ -61,9 +61,9 @@ def check_range(key: str, value: float, spec: str, real: bool | None = None) -> 
 
 def check_ranges(prefix: str, obj: Any, specs: dict[str, str]) -> None:
     """check_range for several fields of one table; `specs` maps field name -> range."""
-    types = {f.name: f.type for f in dataclasses.fields(obj)}
+    types = {f.name: str(f.type) for f in dataclasses.fields(obj)}
     for name, spec in specs.items():
-        check_range(f"{prefix}.{name}", getattr(obj, name), spec, types[name] in (float, "float"))
+        check_range(f"{prefix}.{name}", getattr(obj, name), spec, types[name].startswith("float"))
 
 
 @dataclass
@@ -243,6 +243,8 @@ class DataConfig:
 
 
 DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
+SCHEDULES = ("cosine", "wsd", "constant")
+OBJECTIVES = ("lm", "elastic", "gate-calibration")  # adamba/train/objectives.py registers them
 
 
 @dataclass
@@ -252,7 +254,7 @@ class TrainConfig:
     max_steps: int = 1000
     max_minutes: float = 0.0  # > 0: after a few steps, shrink max_steps to fit this wall-clock budget
     lr: float = 3e-3
-    schedule: str = "cosine"  # "cosine" or "wsd"
+    schedule: str = "cosine"  # "cosine", "wsd" or "constant" (after the warm-up)
     warmup_frac: float = 0.01
     decay_frac: float = 0.2  # WSD: final fraction of steps spent decaying
     min_lr_frac: float = 0.1
@@ -285,8 +287,8 @@ class TrainConfig:
     }
 
     def validate(self) -> None:
-        if self.schedule not in ("cosine", "wsd"):
-            raise AdambaError(f"train.schedule={self.schedule!r}: choose 'cosine' or 'wsd'")
+        if self.schedule not in SCHEDULES:
+            raise AdambaError(f"train.schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise AdambaError(f"train.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
         if not re.fullmatch(DEVICES, self.device):
@@ -349,12 +351,61 @@ class RunConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """One [[phase]] table: what trains, on which data, for how long, with which objective and
+    learning rate (adamba/train/phases.py resolves it; unset fields take the [train] / [data]
+    values). A config without [[phase]] tables is one `lm` phase of train.max_steps (two with
+    elastic.enabled: `elastic`, then `gate-calibration`)."""
+
+    name: str = ""  # default: phase<i>
+    objective: str = "lm"  # lm | elastic | gate-calibration
+    steps: int = 0  # the phase's length in optimizer steps ...
+    tokens: int = 0  # ... or in training tokens (rounded up to whole steps); one of the two
+    data: list[str] = field(default_factory=list)  # manifests, shard folders, stages; [] = data.train
+    train: list[str] | None = None  # trainable: name globs, or @A / @M / @K (whole layers of that
+    # kind); None = the objective's own (everything, or the gates for gate-calibration)
+    freeze: list[str] = field(default_factory=list)  # taken out of `train`
+    lr: float | None = None
+    schedule: str | None = None  # cosine | wsd | constant
+    warmup_frac: float | None = None
+    min_lr_frac: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    seq_len: int | None = None
+    reset_optimizer: bool = False  # drop the optimizer state of parameters that trained in the
+    # previous phase (kept by default); a parameter frozen for a phase has no state to carry
+
+    RANGES = {
+        **{k: ">= 0" for k in ("steps", "tokens")},
+        **{k: "[0, 1]" for k in ("warmup_frac", "min_lr_frac")},
+        "lr": "> 0",
+        "weight_decay": ">= 0",
+        **{k: ">= 1" for k in ("batch_size", "grad_accum", "seq_len")},
+    }
+
+    def validate(self, where: str) -> None:
+        if self.objective not in OBJECTIVES:
+            raise AdambaError(f"{where}.objective={self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if (self.steps > 0) == (self.tokens > 0):
+            raise AdambaError(f"{where}: give its length as steps = N or tokens = N (one of the two, > 0)")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise AdambaError(f"{where}.schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        for sel in [*(self.train or []), *self.freeze]:
+            if not sel or (sel.startswith("@") and (len(sel) < 2 or set(sel[1:]) - set("AMK"))):
+                raise AdambaError(f"{where}: bad parameter selector {sel!r} (a name glob, or @A / @M / @K)")
+        set_ = {k: v for k, v in self.RANGES.items() if getattr(self, k) is not None}
+        check_ranges(where, self, set_)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    phase: list[PhaseConfig] = field(default_factory=list)  # [[phase]] tables, in order
 
     def validate(self) -> Config:
         """Every section's ranges, then what one section asks of another."""
@@ -363,6 +414,15 @@ class Config:
         self.train.validate()
         self.run.validate()
         self.elastic.validate()
+        for i, ph in enumerate(self.phase):
+            ph.validate(f"phase.{i}")
+            if ph.objective != "lm" and not self.elastic.enabled:
+                raise AdambaError(
+                    f"phase.{i} ({ph.name or ph.objective}) uses the {ph.objective!r} objective: set elastic.enabled=true"
+                )
+        names = [ph.name for ph in self.phase if ph.name]
+        if len(names) != len(set(names)):
+            raise AdambaError(f"phase names repeat ({', '.join(names)}): give each [[phase]] its own name")
         e, n = self.elastic, self.model.n_layer
         if e.enabled and e.predictor_layer > n - 1:
             raise AdambaError(
@@ -376,6 +436,7 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
+TABLE_LISTS = {"phase": PhaseConfig}  # sections that are arrays of tables ([[phase]])
 
 
 def resolve_config_path(name: str) -> Path:
@@ -423,11 +484,19 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             if dataclasses.is_dataclass(getattr(obj, k)):
                 if isinstance(v, dict):
                     fill(getattr(obj, k), v)
+            elif k in TABLE_LISTS and isinstance(v, list):
+                items = []
+                for t in v:
+                    items.append(TABLE_LISTS[k]())
+                    fill(items[-1], t if isinstance(t, dict) else {})
+                setattr(obj, k, items)
             else:
                 setattr(obj, k, v)
 
     cfg = Config()
-    for sec_name, table in migrate(data).items():
+    tables = migrate(data)
+    fill(cfg, {k: v for k, v in tables.items() if k in TABLE_LISTS})
+    for sec_name, table in tables.items():
         if isinstance(table, dict):
             fill(section(cfg, sec_name), table)
     return cfg

@@ -14,6 +14,11 @@ import types
 import typing
 from typing import Any
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from adamba.errors import AdambaError
 
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -93,11 +98,16 @@ def _unquote(key: str, value: Any, tp: Any, strict: bool) -> str:
 
 
 def _parse_literal(key: str, text: str) -> Any:
+    """A list typed on the command line: JSON, or a TOML array (so ['a', 'b'] works too)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            pass
         raise AdambaError(
-            f"config key '{key}': cannot parse {text!r} as a list (use JSON, e.g. [1, 2])"
+            f"config key '{key}': cannot parse {text!r} as a list (use JSON or TOML, e.g. [1, 2] or [\"a\"])"
         ) from e
 
 
@@ -179,17 +189,39 @@ def section(cfg: Any, name: str) -> Any:
     return getattr(cfg, name)
 
 
+def table_list_type(obj: Any, name: str) -> type | None:
+    """The dataclass of a field that is an array of tables (list[PhaseConfig]), else None."""
+    tp = typing.get_type_hints(type(obj)).get(name)
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(inner):
+            return inner
+    return None
+
+
 def _table(cfg: Any, path: list[str]) -> tuple[Any, str]:
-    """The dataclass at a dotted table path (['model', 'attn']) and its printable name."""
+    """The dataclass at a dotted table path (['model', 'attn'], or ['phase', '1'] in an array of
+    tables) and its printable name."""
     obj = section(cfg, path[0])
     for i, name in enumerate(path[1:], 1):
+        where = ".".join(path[:i])
+        if isinstance(obj, list):
+            if not name.isdigit() or int(name) >= len(obj):
+                raise AdambaError(
+                    f"'{where}.{name}': [{where}] has {len(obj)} table(s), numbered 0..{len(obj) - 1}"
+                    if obj
+                    else f"'{where}.{name}': the config has no [[{where}]] tables (add them in its TOML file)"
+                )
+            obj = obj[int(name)]
+            continue
         sub = getattr(obj, name, None) if name in fields(obj) else None
-        if not dataclasses.is_dataclass(sub):
-            where = ".".join(path[:i])
+        if not (dataclasses.is_dataclass(sub) or table_list_type(obj, name)):
             tables = [f for f in fields(obj) if dataclasses.is_dataclass(getattr(obj, f))]
             hint = f"; tables in [{where}]: {', '.join(tables)}" if tables else ""
             raise AdambaError(f"unknown config table '{'.'.join(path[: i + 1])}'{hint}")
         obj = sub
+    if isinstance(obj, list):
+        raise AdambaError(f"'{'.'.join(path)}' is an array of tables: name one, e.g. {'.'.join(path)}.0.KEY")
     return obj, ".".join(path)
 
 
@@ -215,6 +247,8 @@ def set_value(cfg: Any, dotted: str, value: Any, strict: bool = False) -> None:
     if dataclasses.is_dataclass(hints[key]):
         sub = fields(getattr(table, key))
         raise AdambaError(f"'{dotted}' is a table: set one of its keys, e.g. {dotted}.{sub[0]}")
+    if table_list_type(table, key):
+        raise AdambaError(f"'{dotted}' is an array of tables: set a key of one, e.g. {dotted}.0.KEY")
     setattr(table, key, coerce(dotted, value, hints[key], strict))
 
 
@@ -237,6 +271,13 @@ def apply_dict(cfg: Any, data: dict[str, Any], source: str = "config") -> Any:
                     raise AdambaError(f"{source}: {e}") from None
 
     for sec_name, table in migrate(data, strict=True).items():
+        if isinstance(table, list) and sec_name in fields(cfg) and (kind := table_list_type(cfg, sec_name)):
+            if not all(isinstance(t, dict) for t in table):
+                raise AdambaError(f"{source}: '{sec_name}' must be an array of [[{sec_name}]] tables")
+            setattr(cfg, sec_name, [kind() for _ in table])
+            for i, t in enumerate(table):
+                walk(f"{sec_name}.{i}", t)
+            continue
         if not isinstance(table, dict):
             raise AdambaError(
                 f"{source}: '{sec_name}' must be a [section] table; sections: {', '.join(fields(cfg))}"

@@ -5,9 +5,18 @@ from adamba.errors import AdambaError
 
 
 def test_presets_load():
-    for name in ("tiny-cpu", "small-cpu"):
+    from importlib.resources import files
+
+    names = sorted(
+        p.name.removesuffix(".toml") for p in files("adamba.configs").iterdir() if p.name.endswith(".toml")
+    )
+    assert {"tiny-cpu", "small-cpu", "plan-tiny", "curriculum-tiny"} <= set(names)
+    for name in names:
         cfg = load_config(name)
         assert cfg.model.n_layer > 0
+    stages = load_config("curriculum-tiny").phase
+    assert [p.name for p in stages] == ["stage1-broad", "stage2-reasoning", "stage3-special"]
+    assert stages[2].lr < load_config("curriculum-tiny").train.lr  # stage 3 at a lower rate
 
 
 def test_set_overrides_are_typed():
@@ -198,7 +207,9 @@ def _one_line_error(overrides: list[str], *needles: str) -> str:
 def test_every_numeric_field_has_a_range():
     """Every int field rejects -1 and every float field NaN and +-inf, naming the key: a field
     added without a range check fails here."""
-    keys = [(k, tp) for sec in SECTIONS for k, tp in _leaf_fields(getattr(Config(), sec), sec)]
+    keys = [
+        (k, tp) for sec in SECTIONS if sec != "phase" for k, tp in _leaf_fields(getattr(Config(), sec), sec)
+    ]
     ints = [k for k, tp in keys if tp is int]
     floats = [k for k, tp in keys if tp is float]
     assert len(ints) > 30 and len(floats) > 20  # the walk found the fields
@@ -323,3 +334,23 @@ def test_a_binary_config_file_is_named(tmp_path):
     p.write_bytes(b"\x00\x89PNG\xff\xfe" * 20)
     with pytest.raises(AdambaError, match=r"weights.toml: not a TOML file \(not UTF-8"):
         load_config(str(p))
+
+
+def test_every_numeric_field_of_a_phase_has_a_range(tmp_path):
+    """The same for a [[phase]] table (its fields may be unset: None takes the [train] value)."""
+    import typing
+
+    from adamba.config import PhaseConfig
+
+    p = tmp_path / "c.toml"
+    p.write_text("[[phase]]\nsteps = 5\n")
+    hints = typing.get_type_hints(PhaseConfig)
+    numeric = {
+        k: t for k, t in hints.items() if int in typing.get_args(t) or t is int or float in typing.get_args(t)
+    }
+    assert {"steps", "tokens", "lr", "batch_size", "warmup_frac"} <= set(numeric)
+    for key, tp in numeric.items():
+        bads = ["-1"] if (tp is int or int in typing.get_args(tp)) else ["nan", "inf", "-1"]
+        for bad in bads:
+            with pytest.raises(AdambaError, match=f"phase.0.{key}|phase.0: give its length"):
+                load_config(str(p), [f"phase.0.{key}={bad}"])

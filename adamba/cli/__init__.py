@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import data, evaluate, quickstart, sample, train
+from adamba.cli import data, evaluate, phases, quickstart, sample, train
 from adamba.errors import AdambaError
 
-GROUPS = (train, sample, evaluate, quickstart, data)  # the order `adamba --help` lists them in
+GROUPS = (train, phases, sample, evaluate, quickstart, data)  # the order `adamba --help` lists them in
 
 
 def build_parser() -> argparse.ArgumentParser:

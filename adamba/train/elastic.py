@@ -155,55 +155,83 @@ def _gate_bce(
     ) / max(1, len(hs))
 
 
+class GateFit:
+    """One gate-calibration step's loss, shared by the `gate-calibration` phase objective and
+    `calibrate_gate`. Every `reuse` steps it reads one (x, y) batch and runs the frozen model at
+    full width and, with per-width gates, at one narrow width in turn (its labels: agreement with
+    that width's own last layer); every step is the gates' BCE over the non-padding positions
+    (y != -100) of the current batch. The batch is state: a run resumed inside a reuse cycle
+    recomputes the frozen model's states from it, so it sees what an uninterrupted run saw.
+    `full=False` fits the narrow widths' gates only."""
+
+    def __init__(self, model, reuse: int = 1, full: bool = True):
+        heads: ElasticHeads = model.elastic
+        if not full and not heads.narrow:
+            raise AdambaError("no per-width gates to calibrate (elastic.gate_per_width is off)")
+        if reuse < 1:
+            raise AdambaError(f"gate calibration reuse={reuse} must be >= 1")
+        self.model, self.reuse, self.full = model, reuse, full
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fwd: dict | None = None
+
+    def params(self) -> list[torch.nn.Parameter]:
+        heads = self.model.elastic
+        return list(heads.width_gates.parameters()) + (list(heads.gates.parameters()) if self.full else [])
+
+    def loss(self, step: int, next_batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to backprop, the one logged: full-width gates, else the narrow ones)."""
+        heads = self.model.elastic
+        if step % self.reuse == 0 or self.batch is None:
+            self.batch, self.fwd = next_batch(), None
+        w_n = heads.narrow[(step // self.reuse) % len(heads.narrow)] if heads.narrow else None
+        if self.fwd is None:  # the frozen model's states and labels for the current batch
+            x, _ = self.batch
+            widths = ([1.0] if self.full else []) + ([w_n] if w_n is not None else [])
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                self.fwd = {w: layer_agreement(self.model, x, w) for w in widths}
+            finally:
+                self.model.train(was_training)
+        valid = self.batch[1] != -100
+        per = {w: _gate_bce(self.model, *self.fwd[w], valid, w) for w in self.fwd}
+        return sum(per.values()), per[1.0 if self.full else w_n]
+
+    def state_dict(self) -> dict:
+        return {"batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch, self.fwd = state.get("batch"), None
+
+
 def calibrate_gate(
     model, batches, steps: int, lr: float = 3e-3, on_step=None, full: bool = True, reuse: int = 1
 ) -> list[float]:
-    """The gate-calibration phase: fit the ConfidenceGate with the LM frozen.
+    """Fit the ConfidenceGate with the LM frozen, outside a run (benchmarks refit gates on trained
+    models with it; a run does the same as its `gate-calibration` phase): `steps` Adam steps of
+    `GateFit`'s loss, the learning rate decaying from `lr` to 0 on a cosine.
 
     Why a phase after training: in-loop gate targets come from an LM that is still moving and
     from narrow sandwich widths, and they are scored on a small token sample; measured on Tiny
     Shakespeare and the stdlib corpus at the default 0.95, the in-loop gate skips 0.1-0.2% of
-    layer FLOPs and the calibrated one 12-21% (docs/experiments/elastic.md). Every
-    `reuse` steps read one (x, y) batch and run the frozen model at full width and, with
-    per-width gates, at one narrow width in turn (its labels: agreement with that width's own
-    last layer); each step is one Adam step on the gates' BCE over every non-padding position
-    (y != -100) of the current batch, the learning rate decaying from `lr` to 0 on a cosine.
-    Why reuse and decay: the forward (an LM-head matmul per layer) costs far more than a gate
-    step, and the gate is underfitted at one step per forward; measured on Tiny Shakespeare
-    (docs/experiments/elastic.md), 8 steps per forward with the decay fit a better gate (validation
-    BCE 0.431 against 0.441) from half the forwards; the exit curve barely moves, so the gain
-    is mostly the phase's time (-30 to -40%). `full=False` fits the narrow widths' gates only
-    (a model whose full-width gates are calibrated already). Returns the per-step losses
-    (full-width gates, else the narrow ones)."""
-    heads: ElasticHeads = model.elastic
-    if not full and not heads.narrow:
-        raise AdambaError("no per-width gates to calibrate (elastic.gate_per_width is off)")
-    if reuse < 1:
-        raise AdambaError(f"gate calibration reuse={reuse} must be >= 1")
-    params = list(heads.width_gates.parameters()) + (list(heads.gates.parameters()) if full else [])
-    opt = torch.optim.Adam(params, lr)
+    layer FLOPs and the calibrated one 12-21% (docs/experiments/elastic.md). Why reuse and
+    decay: the forward (an LM-head matmul per layer) costs far more than a gate step, and the
+    gate is underfitted at one step per forward; measured on Tiny Shakespeare, 8 steps per
+    forward with the decay fit a better gate (validation BCE 0.431 against 0.441) from half the
+    forwards; the exit curve barely moves, so the gain is mostly the phase's time (-30 to -40%).
+    Returns the per-step losses (full-width gates, else the narrow ones)."""
+    fit = GateFit(model, reuse, full)
+    opt = torch.optim.Adam(fit.params(), lr)
     losses = []
-    was_training = model.training
-    model.eval()
-    try:
-        for step in range(steps):
-            if step % reuse == 0:  # a fresh batch: the frozen model's states and labels
-                x, y = next(batches)
-                valid = y != -100
-                w_n = heads.narrow[(step // reuse) % len(heads.narrow)] if heads.narrow else None
-                widths = ([1.0] if full else []) + ([w_n] if w_n is not None else [])
-                fwd = {w: layer_agreement(model, x, w) for w in widths}
-            cur = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-            for g in opt.param_groups:
-                g["lr"] = cur
-            per = {w: _gate_bce(model, *fwd[w], valid, w) for w in fwd}
-            total = sum(per.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            losses.append(float(per[1.0 if full else w_n].detach()))
-            if on_step is not None:
-                on_step(step + 1, losses[-1], cur)
-    finally:
-        model.train(was_training)
+    for step in range(steps):
+        cur = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        total, logged = fit.loss(step, lambda: next(batches))
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        losses.append(float(logged.detach()))
+        if on_step is not None:
+            on_step(step + 1, losses[-1], cur)
     return losses

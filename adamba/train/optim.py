@@ -35,6 +35,11 @@ def param_groups(model: nn.Module, weight_decay: float, embed_lr_mult: float = 1
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.embed_lr_mult)
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require gradients (a phase's trainable set); frozen ones
+    get no optimizer state. `weight_decay` overrides [train]'s (a phase's own)."""
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
+    groups = param_groups(model, wd, cfg.embed_lr_mult)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
-from adamba.config import TrainConfig
+
+class Schedule(Protocol):
+    """What a schedule reads: [train] has these fields, and so does each resolved phase."""
+
+    schedule: str  # cosine | wsd | constant
+    warmup_frac: float
+    decay_frac: float
+    min_lr_frac: float
 
 
-def lr_multiplier(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine to min_lr_frac, or WSD: stable, then linear decay over the
-    last decay_frac of training to min_lr_frac."""
+def lr_multiplier(step: int, total: int, cfg: Schedule) -> float:
+    """Linear warmup, then cosine to min_lr_frac, WSD (stable, then linear decay over the last
+    decay_frac of training to min_lr_frac), or constant."""
     warmup = max(1, int(round(cfg.warmup_frac * total)))
     if step < warmup:
         return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
     lo = cfg.min_lr_frac
     if cfg.schedule == "wsd":
         decay_start = int(total * (1.0 - cfg.decay_frac))

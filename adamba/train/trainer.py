@@ -1,7 +1,10 @@
-"""The training loop: one function, `run(cfg)`, used by the CLI, the quickstart and tests.
+"""The training engine: `run(cfg)` (the CLI, the quickstart and tests call it) drives a `Trainer`
+through the run's phases (adamba/train/phases.py), each with its objective
+(adamba/train/objectives.py), trainable set, data, learning rate and schedule.
 
-Everything the next step depends on (weights, optimizer moments, loader position, RNG, step,
-schedule length) is checkpointed, so `resume=True` reproduces the uninterrupted loss curve.
+Everything the next step depends on (weights, optimizer moments, phase and step, loader
+position, RNG, objective state, phase lengths) is checkpointed, so `resume=True` reproduces the
+uninterrupted loss curve, inside a phase or across a phase boundary.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
 from adamba.train import rundir
 from adamba.train.monitor import MetricsLog, ProgressDisplay
+from adamba.train.objectives import OBJECTIVES, Objective
 from adamba.train.optim import build_optimizer
-from adamba.train.rundir import RunLock
+from adamba.train.phases import Phase, plan, trainable
+from adamba.train.rundir import RunLock, StepBoundaryStop
 from adamba.train.schedule import lr_multiplier
 
 CALIBRATION_STEPS = 5  # steps timed before a max_minutes budget fixes the run length
@@ -112,263 +117,332 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainResu
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
     tokenizer = load_tokenizer(cfg)
-    if not cfg.data.train:
-        raise AdambaError("data.train is empty: list the training manifests (see `adamba data shards`)")
-    with RunLock(run_dir), rundir.StepBoundaryStop() as stop:
+    empty = [ph.name for ph in plan(cfg) if not ph.data]
+    if empty:
+        raise AdambaError(
+            f"data.train is empty (phases without data: {', '.join(empty)}): list the training manifests "
+            "(see `adamba data shards`)"
+        )
+    with RunLock(run_dir), StepBoundaryStop() as stop:
         rundir.prepare(run_dir, resume, overwrite)
-        return _train(cfg, run_dir, device, tokenizer, resume, stop)
+        return Trainer(cfg, run_dir, device, tokenizer, stop).fit(resume)
 
 
-def _train(
-    cfg: Config,
-    run_dir: Path,
-    device: torch.device,
-    tokenizer: Tokenizer,
-    resume: bool,
-    stop: rundir.StepBoundaryStop,
-) -> TrainResult:
-    ckpt = None
-    if resume:
+class Trainer:
+    """One run's model, phases and position, with `step` / `evaluate` / `state_dict`. Each phase
+    gets its own optimizer over its trainable set (frozen parameters have no gradient and no
+    optimizer state); the state of parameters that keep training carries over unless the phase
+    says `reset_optimizer`."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, tokenizer: Tokenizer, stop):
+        self.cfg, self.run_dir, self.device, self.tokenizer, self.stop = cfg, run_dir, device, tokenizer, stop
+        self.phases: list[Phase] = plan(cfg)
+        self.amp = autocast_ctx(device, cfg.train.dtype)
+        self.fp = tokenizer.fingerprint()
+        self.token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
+        self.model: LM | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.loader: TokenLoader | None = None
+        self.objective: Objective | None = None
+        self.phase_i = self.phase_step = self.step = self.tokens_seen = 0
+        self.elapsed_prev = 0.0
+        self.last_saved: int | None = None
+        self.bad_steps = 0
+        self.val: dict | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self.phases[self.phase_i]
+
+    @property
+    def total(self) -> int:
+        return sum(ph.steps for ph in self.phases)
+
+    # ---- setting up ------------------------------------------------------------------------
+    def _read_resume(self) -> ck.Checkpoint:
+        cfg, run_dir = self.cfg, self.run_dir
         try:
             ckpt = ck.read_checkpoint(run_dir)
         except AdambaError as e:
             raise AdambaError(f"--resume: nothing to resume in {run_dir} ({e})") from e
-        if ckpt.cfg.model.vocab_size != tokenizer.vocab_size:
+        if ckpt.cfg.model.vocab_size != self.tokenizer.vocab_size:
             raise AdambaError(
-                f"tokenizer {cfg.data.tokenizer} has {tokenizer.vocab_size} tokens but the checkpoint in {run_dir} "
-                f"was trained with {ckpt.cfg.model.vocab_size}; use the run's own tokenizer.json"
+                f"tokenizer {cfg.data.tokenizer} has {self.tokenizer.vocab_size} tokens but the checkpoint in "
+                f"{run_dir} was trained with {ckpt.cfg.model.vocab_size}; use the run's own tokenizer.json"
             )
-    cfg.model.vocab_size = tokenizer.vocab_size
-    if ckpt is not None:
-        _check_resume_config(cfg, ckpt)
+        return ckpt
 
-    torch.manual_seed(cfg.train.seed)
-    model = LM(cfg.model).to(device)
-    if cfg.elastic.enabled:  # Matryoshka training: gate + predictor heads join the model (the gate
-        # is fitted by the calibration phase after the LM steps)
-        from adamba.model.elastic import attach_elastic
-        from adamba.train.elastic import elastic_loss
+    def _restore_plan(self, state: dict) -> None:
+        """Phase lengths from the checkpoint where the config still asks for what it did (a time
+        budget's length stays; a phase the user lengthened takes the new length); the phases up
+        to the one in flight must be the same ones."""
+        names = state.get("phase_names", [self.phases[0].name])
+        cur = state.get("phase", 0)
+        now = [ph.name for ph in self.phases]
+        if now[: cur + 1] != names[: cur + 1]:
+            raise AdambaError(
+                f"cannot resume: the phases up to {names[cur]!r} were {names[: cur + 1]} and are now "
+                f"{now[: cur + 1]}; only phases after the current one may change"
+            )
+        saved = state.get("phase_steps", [state.get("max_steps", self.phases[0].steps)])
+        asked = state.get("phase_steps_config", [state.get("max_steps_config", self.phases[0].steps_config)])
+        for ph, n, a in zip(self.phases, saved, asked):
+            if a == ph.steps_config:
+                ph.steps = n
 
-        attach_elastic(model, cfg.elastic)
-    optimizer = build_optimizer(model, cfg.train)
-    # compiled forward for the training step; weights stay shared with `model` (checkpoints,
-    # eval and the elastic path use the eager module)
-    if cfg.train.compile:
-        check_compile(device)
-    fwd = torch.compile(model) if cfg.train.compile else model
-    fp = tokenizer.fingerprint()
-    loader = TokenLoader(
-        cfg.data.train, cfg.train.batch_size, cfg.data.seq_len, seed=cfg.train.seed, tokenizer_fingerprint=fp
-    )
-    if cfg.data.val:  # open (and hash-check) the validation shards once, before any work
-        TokenLoader(
-            cfg.data.val, cfg.train.batch_size, cfg.data.seq_len, tokenizer_fingerprint=fp, prefetch=0
-        )
-    token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
-    amp = autocast_ctx(device, cfg.train.dtype)
+    def build(self, resume: bool) -> None:
+        cfg = self.cfg
+        ckpt = self._read_resume() if resume else None
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        if ckpt is not None:
+            _check_resume_config(cfg, ckpt)
+            self._restore_plan(ckpt.state)
+        torch.manual_seed(cfg.train.seed)
+        self.model = LM(cfg.model).to(self.device)
+        if cfg.elastic.enabled:  # Matryoshka heads join the model (their weights are in checkpoints)
+            from adamba.model.elastic import attach_elastic
 
-    start, total, tokens_seen, elapsed_prev = 0, cfg.train.max_steps, 0, 0.0
-    if ckpt is not None:
-        ck.load_weights(model, ckpt)
+            attach_elastic(self.model, cfg.elastic)
+        if cfg.train.compile:
+            check_compile(self.device)
+        # the compiled forward shares its weights with `model` (checkpoints, eval, elastic use it)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        for ph in self.phases:  # open and hash-check every phase's data before any work
+            self._open_loader(ph, prefetch=0).close()
+        if cfg.data.val:
+            self._val_loader(verify=True)
+        if ckpt is None:
+            self.enter_phase(0)
+            return
+        st = ckpt.state
+        ck.load_weights(self.model, ckpt)
         tstate = ck.load_trainer_state(ckpt)
-        optimizer.load_state_dict(tstate["optimizer"])
-        loader.load_state_dict(ckpt.state["loader"])
+        self.phase_i = st.get("phase", 0)
+        self.phase_step = st.get("phase_step", st["step"])
+        self.step, self.last_saved = st["step"], st["step"]
+        self.tokens_seen, self.elapsed_prev = st.get("tokens_seen", 0), st.get("elapsed_s", 0.0)
+        if "phase" not in st and st.get("gate_calibrated") and len(self.phases) > 1:
+            self.phase_i, self.phase_step = 1, self.phases[1].steps  # a run from before phases
+        self.enter_phase(self.phase_i, tstate["optimizer"], st.get("loader"), tstate.get("objective"))
         ck.set_rng_state(tstate["rng"])
-        start = ckpt.state["step"]
-        if ckpt.state.get("max_steps_config", total) == total:  # keep a budget-derived length
-            total = ckpt.state.get("max_steps", total)  # else: the user extended or shortened the run
-        tokens_seen = ckpt.state.get("tokens_seen", 0)
-        elapsed_prev = ckpt.state.get("elapsed_s", 0.0)
 
-    try:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    except OSError as e:
-        raise AdambaError(f"cannot write {run_dir / 'config.json'}: {e.strerror}") from e
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if ckpt is not None else None)
-    display = ProgressDisplay(total, start, enabled=cfg.run.progress)
-    budget_fixed = ckpt is not None or cfg.train.max_minutes <= 0
-    gate_calibrated = ckpt.state.get("gate_calibrated", 0) if ckpt is not None else 0
-    gate_loss = ckpt.state.get("gate_calibration_loss") if ckpt is not None else None
+    def _open_loader(self, ph: Phase, prefetch: int = 2) -> TokenLoader:
+        return TokenLoader(
+            ph.data, ph.batch_size, ph.seq_len, seed=ph.seed, tokenizer_fingerprint=self.fp, prefetch=prefetch
+        )
 
-    def evaluate() -> dict | None:
-        if not cfg.data.val:
-            return None
-        val_loader = TokenLoader(
-            cfg.data.val,
-            cfg.train.batch_size,
-            cfg.data.seq_len,
+    def _val_loader(self, verify: bool = False) -> TokenLoader:
+        c = self.cfg
+        return TokenLoader(
+            c.data.val,
+            c.train.batch_size,
+            c.data.seq_len,
             seed=0,
-            tokenizer_fingerprint=fp,
-            verify=False,
+            tokenizer_fingerprint=self.fp,
+            verify=verify,
             prefetch=0,
         )
-        batches = (next(val_loader) for _ in range(cfg.train.eval_batches))
-        return evaluate_bpb(model, batches, token_bytes, device, amp if device.type == "cuda" else None)
 
-    def save(step: int, elapsed: float, loader_state: dict) -> None:
-        nonlocal last_saved
+    def enter_phase(self, i: int, opt_state=None, loader_state=None, objective_state=None) -> None:
+        """Make phase i current: its trainable set (requires_grad), a fresh optimizer over it
+        (state carried over for parameters that trained before), its loader and objective."""
+        ph, model = self.phases[i], self.model
+        kind = OBJECTIVES[ph.objective]
+        names = trainable(model, ph, kind.default_train, kind.never_train)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in names)
+        old = self.optimizer
+        self.optimizer = build_optimizer(model, self.cfg.train, ph.weight_decay)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        elif old is not None and not ph.reset_optimizer:
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p in old.state:
+                        self.optimizer.state[p] = old.state[p]
+        # the elastic heads learn from detached inputs: they clip on their own norm, so their
+        # gradients never shrink the LM's step
+        self.head_params = [p for n, p in model.named_parameters() if n in names and n.startswith("elastic.")]
+        heads = {id(p) for p in self.head_params}
+        self.lm_params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
+        if self.loader is not None:
+            self.loader.close()
+        self.loader = self._open_loader(ph)
+        if loader_state is not None:
+            self.loader.load_state_dict(loader_state)
+        self.objective = kind(model, self.cfg, ph, self.forward)
+        if objective_state:
+            self.objective.load_state_dict(objective_state)
+        self.phase_i = i
+
+    # ---- one step ---------------------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.loader)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_step(self) -> dict:
+        """One optimizer step of the current phase; returns its metrics row. A non-finite loss or
+        gradient skips the update (counted; MAX_BAD_STEPS in a row stop the run)."""
+        ph, opt = self.phase, self.optimizer
+        lr = ph.lr * lr_multiplier(self.phase_step, ph.steps, ph)
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        loss_acc = 0.0
+        for _ in range(ph.grad_accum):
+            with self.amp:
+                loss, logged = self.objective.loss(self.phase_step, self.next_batch)
+            (loss / ph.grad_accum).backward()
+            loss_acc += float(logged.detach()) / ph.grad_accum
+        clip = self.cfg.train.grad_clip or float("inf")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.lm_params, clip)) if self.lm_params else 0.0
+        hnorm = float(torch.nn.utils.clip_grad_norm_(self.head_params, clip)) if self.head_params else 0.0
+        if not (math.isfinite(loss_acc) and math.isfinite(gnorm) and math.isfinite(hnorm)):
+            opt.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            self.display.print(
+                f"[yellow]step {self.step}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
+            )
+            if self.bad_steps >= MAX_BAD_STEPS:
+                kept = (
+                    f"the last checkpoint, step {self.last_saved}, predates it"
+                    if self.last_saved
+                    else "no checkpoint was saved"
+                )
+                raise AdambaError(
+                    f"training diverged: {self.bad_steps} consecutive non-finite steps at step {self.step} "
+                    f"({kept}); lower the learning rate (now {ph.lr}) or raise the warm-up"
+                )
+        else:
+            self.bad_steps = 0
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self.phase_step += 1
+        self.tokens_seen += ph.tokens_per_step
+        return {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
+
+    def evaluate(self) -> dict | None:
+        """Bits per byte on data.val (eval_batches batches, always the same ones)."""
+        if not self.cfg.data.val:
+            return None
+        val_loader = self._val_loader()
+        batches = (next(val_loader) for _ in range(self.cfg.train.eval_batches))
+        amp = self.amp if self.device.type == "cuda" else None
+        return evaluate_bpb(self.model, batches, self.token_bytes, self.device, amp)
+
+    def state_dict(self, elapsed: float, loader_state: dict) -> tuple[dict, dict]:
+        """(state.json's fields, trainer.pt's extra entries) of the current position."""
         state = {
+            "phase": self.phase_i,
+            "phase_name": self.phase.name,
+            "phase_step": self.phase_step,
+            "phase_names": [ph.name for ph in self.phases],
+            "phase_steps": [ph.steps for ph in self.phases],
+            "phase_steps_config": [ph.steps_config for ph in self.phases],
             "loader": loader_state,
-            "max_steps": total,
-            "max_steps_config": cfg.train.max_steps,
-            "data_id": loader.data_id,  # snapshot id (name@version#hash) or "manifests"
-            "tokens_seen": tokens_seen,
+            "data_id": self.loader.data_id,  # snapshot id (name@version#hash) or "manifests"
+            "tokens_seen": self.tokens_seen,
             "elapsed_s": elapsed,
-            "gate_calibrated": gate_calibrated,
         }
-        if gate_loss is not None:
-            state["gate_calibration_loss"] = gate_loss
-        ck.save_checkpoint(run_dir, step, model, cfg, cfg.data.tokenizer, optimizer, state)
-        last_saved = step
+        return state, {"objective": self.objective.state_dict()}
 
-    # the predictor learns from detached inputs; a shared clip norm would still let
-    # their gradients (and so settings like elastic.predictor_tol) shrink the LM's update
-    head_params = list(model.elastic.parameters()) if hasattr(model, "elastic") else []
-    heads = {id(p) for p in head_params}
-    lm_params = [p for p in model.parameters() if id(p) not in heads]
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum
-    t0 = time.time()
-    t_calib = None
-    bad_steps = 0
-    val = None
-    step = start
-    last_saved = start if ckpt is not None else None  # the newest checkpoint on disk
-    model.train()
-    loader_state = loader.state_dict()  # position at the start of the current step
-    stop.on_first = lambda signum: display.print(
-        f"[yellow]{stop.name()}: finishing step {step + 1}, then saving "
-        "(Ctrl-C again stops at once, keeping the last checkpoint)[/]"
-    )
+    def save(self, elapsed: float, loader_state: dict) -> None:
+        state, extra = self.state_dict(elapsed, loader_state)
+        ck.save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self.cfg,
+            self.cfg.data.tokenizer,
+            self.optimizer,
+            state,
+            extra,
+        )
+        self.last_saved = self.step
 
-    def stop_here() -> None:
-        """At a step boundary after an interrupt: save the finished steps, then stop."""
-        if bad_steps == 0 and step > start and last_saved != step:
-            save(step, elapsed_prev + time.time() - t0, loader_state)  # never inside a non-finite streak
-        display.close()
-        kept = f"checkpoint saved at step {last_saved}" if last_saved else "no checkpoint saved"
-        print(f"interrupted ({stop.name()}): {kept}; continue with --resume", file=sys.stderr)
-        raise KeyboardInterrupt
-
-    try:
-        while step < total:
-            if stop.requested:
-                stop_here()
-            if not budget_fixed and step - start == 1:
-                t_calib = time.time()  # the first step pays one-off costs; time the next ones
-            if not budget_fixed and t_calib is not None and step - start == 1 + CALIBRATION_STEPS:
-                per_step = (time.time() - t_calib) / CALIBRATION_STEPS
-                eval_cost = 0.1  # leave ~10% of the budget for evaluation and checkpoints
-                fit = int(cfg.train.max_minutes * 60 * (1 - eval_cost) / per_step)
-                total = max(step + 1, min(total, fit))
-                budget_fixed = True
-            lr = cfg.train.lr * lr_multiplier(step, total, cfg.train)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_mult", 1.0)
-            loss_acc = 0.0
-            for _ in range(cfg.train.grad_accum):
-                x, y = next(loader)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with amp:
-                    if cfg.elastic.enabled:  # sandwich widths + exit and predictor terms
-                        loss, lm_loss = elastic_loss(model, x, y, cfg.elastic)
-                    else:
-                        _, loss = fwd(x, y)
-                        lm_loss = loss
-                (loss / cfg.train.grad_accum).backward()
-                loss_acc += float(lm_loss.detach()) / cfg.train.grad_accum  # logged: full-width LM loss
-            clip = cfg.train.grad_clip or float("inf")
-            gnorm = float(torch.nn.utils.clip_grad_norm_(lm_params, clip))
-            # the elastic heads clip on their own norm, so they never scale the LM's step
-            hnorm = float(torch.nn.utils.clip_grad_norm_(head_params, clip)) if head_params else 0.0
-            if not (math.isfinite(loss_acc) and math.isfinite(gnorm) and math.isfinite(hnorm)):
-                optimizer.zero_grad(set_to_none=True)
-                bad_steps += 1
-                display.print(
-                    f"[yellow]step {step}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
-                )
-                if bad_steps >= MAX_BAD_STEPS:
-                    kept = (
-                        f"the last checkpoint, step {last_saved}, predates it"
-                        if last_saved
-                        else "no checkpoint was saved"
-                    )
-                    raise AdambaError(
-                        f"training diverged: {bad_steps} consecutive non-finite steps at step {step} ({kept}); "
-                        f"lower train.lr (now {cfg.train.lr}) or raise train.warmup_frac"
-                    )
-            else:
-                bad_steps = 0
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            elapsed = elapsed_prev + time.time() - t0
-            tok_s = (step - start) * tokens_per_step / max(1e-9, time.time() - t0)
-            row = {
-                "step": step,
-                "loss": loss_acc,
-                "lr": lr,
-                "grad_norm": gnorm,
-                "tokens": tokens_seen,
-                "tok_s": tok_s,
-                "elapsed_s": elapsed,
-            }
-            if cfg.train.eval_every > 0 and (step % cfg.train.eval_every == 0 or step == total):
-                val = evaluate()
-                if val is not None:
-                    row.update(val_loss=val["loss"], val_bpb=val["bpb"])
-            metrics.write(row)
-            display.update(step, total, loss_acc, lr, tok_s, f" val_bpb {val['bpb']:.3f}" if val else "")
-            loader_state = loader.state_dict()
-            due = step == total or (cfg.train.ckpt_every > 0 and step % cfg.train.ckpt_every == 0)
-            if due and bad_steps == 0:  # never from inside a non-finite streak
-                save(step, elapsed, loader_state)
-    finally:
-        display.close()
-        metrics.close()
-        if step < total:
-            loader.close()
-    ec = cfg.elastic
-    if ec.enabled and ec.calibrate_steps > 0 and step >= total and gate_calibrated < ec.calibrate_steps:
-        # the gate-calibration phase: LM frozen, gate fitted to the final model's own agreement
-        from adamba.train.elastic import calibrate_gate
-
-        bar = ProgressDisplay(ec.calibrate_steps, 0, enabled=cfg.run.progress)
-
-        def on_step(i: int, loss: float, lr: float) -> None:
-            bar.update(i, ec.calibrate_steps, loss, lr, 0.0, " gate calibration")
-            if stop.requested:  # the LM's checkpoint is saved; --resume redoes the calibration
-                bar.close()
-                print(
-                    f"interrupted ({stop.name()}) during gate calibration: the checkpoint of step {step} "
-                    "is saved; --resume runs the calibration again",
-                    file=sys.stderr,
-                )
-                raise KeyboardInterrupt
-
+    # ---- the run ----------------------------------------------------------------------------
+    def fit(self, resume: bool) -> TrainResult:
+        cfg, run_dir = self.cfg, self.run_dir
+        self.build(resume)
         try:
-            with amp:
-                losses = calibrate_gate(
-                    model,
-                    ((x.to(device), y.to(device)) for x, y in iter(loader.__next__, None)),
-                    ec.calibrate_steps,
-                    on_step=on_step,
-                    reuse=ec.calibrate_reuse,
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        except OSError as e:
+            raise AdambaError(f"cannot write {run_dir / 'config.json'}: {e.strerror}") from e
+        start, tokens_start = self.step, self.tokens_seen
+        metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if resume else None)
+        self.display = display = ProgressDisplay(self.total, start, enabled=cfg.run.progress)
+        budget_fixed = resume or cfg.train.max_minutes <= 0 or self.phase_i != 0
+        t0, t_calib = time.time(), None
+        stop = self.stop
+        loader_state = self.loader.state_dict()  # position at the start of the current step
+        stop.on_first = lambda signum: display.print(
+            f"[yellow]{stop.name()}: finishing step {self.step + 1}, then saving "
+            "(Ctrl-C again stops at once, keeping the last checkpoint)[/]"
+        )
+
+        def stop_here() -> None:
+            """At a step boundary after an interrupt: save the finished steps, then stop."""
+            if self.bad_steps == 0 and self.step > start and self.last_saved != self.step:
+                self.save(
+                    self.elapsed_prev + time.time() - t0, loader_state
+                )  # never inside a non-finite streak
+            display.close()
+            kept = f"checkpoint saved at step {self.last_saved}" if self.last_saved else "no checkpoint saved"
+            print(f"interrupted ({stop.name()}): {kept}; continue with --resume", file=sys.stderr)
+            raise KeyboardInterrupt
+
+        self.model.train()
+        try:
+            while True:
+                if self.phase_step >= self.phase.steps:  # the phase is done: the next one, if any
+                    if self.phase_i + 1 >= len(self.phases):
+                        break
+                    self.phase_step = 0
+                    self.enter_phase(self.phase_i + 1)
+                    loader_state = self.loader.state_dict()
+                    continue
+                if stop.requested:
+                    stop_here()
+                if not budget_fixed and self.step - start == 1:
+                    t_calib = time.time()  # the first step pays one-off costs; time the next ones
+                if not budget_fixed and t_calib is not None and self.step - start == 1 + CALIBRATION_STEPS:
+                    per_step = (time.time() - t_calib) / CALIBRATION_STEPS
+                    eval_cost = 0.1  # leave ~10% of the budget for evaluation and checkpoints
+                    fit = int(cfg.train.max_minutes * 60 * (1 - eval_cost) / per_step)
+                    self.phase.steps = max(self.phase_step + 1, min(self.phase.steps, fit))
+                    budget_fixed = True
+                row = self.train_step()
+                now = time.time()
+                elapsed = self.elapsed_prev + now - t0
+                row.update(
+                    tokens=self.tokens_seen,
+                    tok_s=(self.tokens_seen - tokens_start) / max(1e-9, now - t0),
+                    elapsed_s=elapsed,
                 )
+                phase_end = self.phase_step == self.phase.steps
+                every = cfg.train.eval_every
+                if self.objective.changes_lm and every > 0 and (self.step % every == 0 or phase_end):
+                    self.val = self.evaluate()
+                    if self.val is not None:
+                        row.update(val_loss=self.val["loss"], val_bpb=self.val["bpb"])
+                metrics.write(row)
+                extra = f" {self.phase.name}" + (f" val_bpb {self.val['bpb']:.3f}" if self.val else "")
+                display.update(self.step, self.total, row["loss"], row["lr"], row["tok_s"], extra)
+                loader_state = self.loader.state_dict()
+                due = phase_end or (cfg.train.ckpt_every > 0 and self.step % cfg.train.ckpt_every == 0)
+                if due and self.bad_steps == 0:  # never from inside a non-finite streak
+                    self.save(elapsed, loader_state)
         finally:
-            bar.close()
-            if stop.requested:
-                loader.close()
-        gate_calibrated, gate_loss = ec.calibrate_steps, sum(losses[-20:]) / len(losses[-20:])
-        save(step, elapsed_prev + time.time() - t0, loader.state_dict())
-    loader.close()  # stop the prefetch thread now, not at garbage collection
-    elapsed = time.time() - t0
-    return TrainResult(
-        run_dir=run_dir,
-        steps=step,
-        tokens_seen=tokens_seen,
-        tokens_per_s=(step - start) * tokens_per_step / max(1e-9, elapsed),
-        params=model.num_params(),
-        val=val,
-        elapsed_s=elapsed_prev + elapsed,
-    )
+            display.close()
+            metrics.close()
+            self.loader.close()
+        elapsed = time.time() - t0
+        return TrainResult(
+            run_dir=run_dir,
+            steps=self.step,
+            tokens_seen=self.tokens_seen,
+            tokens_per_s=(self.tokens_seen - tokens_start) / max(1e-9, elapsed),
+            params=self.model.num_params(),
+            val=self.val,
+            elapsed_s=self.elapsed_prev + elapsed,
+        )

@@ -83,3 +83,25 @@ def test_sample_and_eval_work(run_dir):
     res = adamba("eval", "--ckpt", str(run_dir / "run"), "--tasks", "bpb", "--batches", "2")
     assert res.returncode == 0, res.stderr
     assert "bits/byte" in res.stdout
+
+
+def test_phases_prints_the_plan_of_a_preset():
+    """`adamba phases`: one row per phase with what it trains; the counts add up to the model."""
+    res = adamba("phases", "--config", "plan-tiny")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    total = int(lines[0].split("model ")[1].split(" ")[0].replace(",", ""))
+    rows = [ln.split() for ln in lines[2:]]
+    assert [r[1:3] for r in rows] == [
+        ["base", "lm"],
+        ["mamba", "lm"],
+        ["matryoshka", "elastic"],
+        ["gates", "gate-calibration"],
+    ]
+    for r in rows:
+        trainable, frozen = (int(v.replace(",", "")) for v in r[5:7])
+        assert trainable + frozen == total and trainable > 0
+    mamba = int(rows[1][5].replace(",", ""))
+    assert mamba < 0.25 * total  # only the M layers train in phase 1
+    bad = adamba("phases", "--config", "plan-tiny", "--set", "phase.1.train=['blocks.*.nothing']")
+    assert_clean_error(bad, "matches no parameter")

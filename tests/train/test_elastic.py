@@ -163,13 +163,13 @@ def test_head_settings_leave_the_lm_bit_identical(tiny_data, tmp_path):
     lm = [k for k in models[0] if not k.startswith("elastic.")]
     assert lm and all(torch.equal(models[0][k], models[1][k]) for k in lm)
     assert not all(torch.equal(models[0][k], models[1][k]) for k in models[0] if k.startswith("elastic."))
-    assert res.steps == 4
+    assert res.steps == 4 + 2  # the elastic phase, then the gate calibration's 2 steps
 
 
 def read_rows(run_dir):
     from adamba.train.monitor import read_metrics
 
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "grad_norm" in r]
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["phase"] == "elastic"]
 
 
 def test_elastic_training_resume_is_exact(tiny_data, tmp_path, monkeypatch):
@@ -195,8 +195,9 @@ def test_elastic_training_resume_is_exact(tiny_data, tmp_path, monkeypatch):
     trainer.run(load_config("tiny-cpu", elastic_overrides(tiny_data, tmp_path / "b")), resume=True)
     rows = [read_metrics(tmp_path / r / "metrics.jsonl") for r in ("a", "b")]
     a, b = ([(r["step"], r["loss"]) for r in rs] for rs in rows)
-    assert a == b and len(a) == 8
-    assert a[-1][1] < a[0][1]
+    assert a == b and len(a) == 8 + 2  # the elastic phase, then the gate calibration's 2 steps
+    assert [r["phase"] for r in rows[1]] == ["elastic"] * 8 + ["gate-calibration"] * 2
+    assert a[7][1] < a[0][1]
     ckpt = ck.read_checkpoint(tmp_path / "a")
     assert ckpt.cfg.elastic.enabled
     from adamba.checkpoint import load_model
@@ -284,10 +285,12 @@ def test_calibrate_gate_reuses_each_batch_and_decays_the_rate(monkeypatch):
 
 
 def test_trainer_gate_calibration_phase_runs_once(tiny_data, tmp_path):
-    """elastic.calibrate_steps: after the LM steps the trainer refits the gate with the LM
-    frozen, records it in the checkpoint and the metrics, and a resumed run does not redo it."""
+    """elastic.calibrate_steps: a finished elastic run resumed with calibration asked for runs the
+    gate-calibration phase (LM frozen, gates move), records it in the checkpoint and the metrics,
+    and a resumed run does not redo it."""
     from adamba import checkpoint as ck
     from adamba.train import trainer
+    from adamba.train.monitor import read_metrics
 
     over = elastic_overrides(tiny_data, tmp_path / "c", steps=3) + [
         "elastic.calibrate_steps=4",
@@ -295,17 +298,19 @@ def test_trainer_gate_calibration_phase_runs_once(tiny_data, tmp_path):
     ]
     trainer.run(load_config("tiny-cpu", over + ["elastic.calibrate_steps=0"]))
     plain = ck.read_checkpoint(tmp_path / "c")
-    assert plain.state["gate_calibrated"] == 0
+    assert plain.state["phase_names"] == ["elastic"] and plain.state["step"] == 3
     from safetensors.torch import load_file
 
     before = load_file(str(plain.path / "model.safetensors"))
-    trainer.run(load_config("tiny-cpu", over), resume=True)  # at max_steps: only the phase runs
+    trainer.run(load_config("tiny-cpu", over), resume=True)  # the elastic phase is done: only calibration
     ckpt = ck.read_checkpoint(tmp_path / "c")
-    assert ckpt.state["gate_calibrated"] == 4 and ckpt.state["step"] == 3
+    assert ckpt.state["phase_name"] == "gate-calibration" and ckpt.state["phase_step"] == 4
+    assert ckpt.state["step"] == 3 + 4
     after = load_file(str(ckpt.path / "model.safetensors"))
     for k, v in before.items():  # the LM is frozen, the gate moved
         assert torch.equal(v, after[k]) == (not k.startswith(("elastic.gates", "elastic.width_gates"))), k
-    assert 0 < ckpt.state["gate_calibration_loss"] < 1.0
+    rows = [r for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if r["phase"] == "gate-calibration"]
+    assert len(rows) == 4 and all(0 < r["loss"] < 1.0 for r in rows)
     trainer.run(load_config("tiny-cpu", over), resume=True)  # done already: nothing changes
     again = load_file(str(ck.read_checkpoint(tmp_path / "c").path / "model.safetensors"))
     assert all(torch.equal(after[k], again[k]) for k in after)
