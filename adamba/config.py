@@ -244,6 +244,7 @@ class DataConfig:
 
 DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULES = ("cosine", "wsd", "constant")
+PARALLEL = ("auto", "none", "ddp", "fsdp")
 OBJECTIVES = ("lm", "elastic", "gate-calibration")  # adamba/train/objectives.py registers them
 
 
@@ -265,7 +266,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 = no clipping
     eval_every: int = 100  # 0 = no evaluation during training
-    eval_batches: int = 20
+    eval_batches: int = 20  # validation: this many training steps' worth of sequences (all ranks)
     ckpt_every: int = 200  # 0 = a checkpoint at the end only
     log_every: int = 10
     seed: int = 1337
@@ -273,6 +274,8 @@ class TrainConfig:
     dtype: str = "float32"  # "float32" or "bfloat16" (autocast on GPU)
     compile: bool = False  # torch.compile the training forward (CPU: needs a C++ compiler)
     threads: int = 0  # torch intra-op threads on CPU, 0 = leave torch's default
+    parallel: str = "auto"  # under torchrun: "ddp" or "fsdp" (FSDP2); "auto" = ddp; "none" refuses
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     RANGES = {
         **{k: ">= 1" for k in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every")},
@@ -291,6 +294,8 @@ class TrainConfig:
             raise AdambaError(f"train.schedule={self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise AdambaError(f"train.dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
+        if self.parallel not in PARALLEL:
+            raise AdambaError(f"train.parallel={self.parallel!r}: choose one of {', '.join(PARALLEL)}")
         if not re.fullmatch(DEVICES, self.device):
             raise AdambaError(
                 f"train.device={self.device!r}: choose auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps"

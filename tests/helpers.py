@@ -119,3 +119,67 @@ def elastic_overrides(data: dict, out: Path, steps: int = 8) -> list[str]:
         "elastic.calibrate_steps=2",
         "train.eval_every=0",
     ]
+
+
+HYBRID = [  # M A M: two Mamba2 layers (no feed-forward) around an attention layer with MLP
+    "model.n_layer=3",
+    "model.pattern=MAM",
+    "model.mamba.ffn=none",
+    "model.mamba.d_state=16",
+    "model.mamba.head_dim=16",
+    "model.mamba.chunk_size=16",
+]
+
+# a 3-phase run whose trainable set changes between phases
+THREE_PHASES = """
+[[phase]]
+name = "all"
+steps = {s0}
+
+[[phase]]
+name = "mamba-only"
+steps = {s1}
+train = ["@M"]
+lr = 5e-3
+schedule = "constant"
+reset_optimizer = {reset}
+
+[[phase]]
+name = "attn-only"
+steps = {s2}
+train = ["*"]
+freeze = ["@M"]
+schedule = "cosine"
+warmup_frac = 0.0
+"""
+
+
+def three_phase_config(tmp_path, data, out, reset=False, extra=(), steps=(3, 3, 3)):
+    """THREE_PHASES over the HYBRID tiny model on `data`, into `out`."""
+    from adamba.config import load_config
+
+    path = tmp_path / "phases.toml"
+    s0, s1, s2 = steps
+    path.write_text(THREE_PHASES.format(reset=str(reset).lower(), s0=s0, s1=s1, s2=s2))
+    over = tiny_overrides(data, out) + HYBRID + ["train.eval_every=0", "train.ckpt_every=0", *extra]
+    return load_config(str(path), over)
+
+
+def nan_loss_on(monkeypatch, bad) -> None:
+    """Make the training loss NaN on the training forwards n = 1, 2, ... for which bad(n)."""
+    import torch
+
+    from adamba.model.lm import LM
+
+    real = LM.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, *a, **k):
+        logits, loss = real(self, idx, targets, *a, **k)
+        if targets is not None and torch.is_grad_enabled():
+            calls["n"] += 1
+            if bad(calls["n"]):
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(LM, "forward", forward)

@@ -16,6 +16,8 @@ def run(args: argparse.Namespace) -> None:
         overrides.append("run.progress=false")
     cfg = load_config(args.config, overrides)
     res = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
+    if res.rank != 0:
+        return
     val = f", val loss {res.val['loss']:.4f}, val bpb {res.val['bpb']:.4f}" if res.val else ""
     print(
         f"trained {res.steps} steps, {res.tokens_seen:,} tokens, {res.tokens_per_s:,.0f} tok/s{val} -> {res.run_dir}"

@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from adamba.config import ModelConfig
 from adamba.model.cache import KVCache
@@ -44,8 +45,16 @@ class Block(nn.Module):
         self.mixer = build_mixer(kind, cfg, layer_idx)
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn == "mlp" else None
         self.mlp = MLP(cfg) if ffn == "mlp" else None
+        # activation checkpointing (train.activation_checkpointing): keep only the block's input
+        # for backward and recompute the rest, trading ~one more forward for activation memory
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor, state=None, width: float = 1.0) -> torch.Tensor:
+        if self.checkpointing and state is None and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, None, width, use_reentrant=False)
+        return self._forward(x, state, width)
+
+    def _forward(self, x: torch.Tensor, state=None, width: float = 1.0) -> torch.Tensor:
         """width < 1: Matryoshka sub-layer (attention heads + MLP units); M/K mixers stay full."""
         if width < 1.0 and self.kind == "A":
             x = x + self.mixer(self.norm1(x), state, width)

@@ -1,7 +1,9 @@
 """Phase objectives, registered by name: what one training step of a phase computes.
 
 An objective pulls the batches it needs from `next_batch()` (most take one per micro-step) and
-returns (the loss to backprop, the loss to log). Its `default_train` is what the phase trains
+returns (the loss to backprop, the loss to log, the number of target tokens they average over);
+the trainer weights micro-steps and ranks by that count, so a step's gradient is the mean over
+every target token of the step, however the batch is split across processes. Its `default_train` is what the phase trains
 when its config says nothing, and its state (if any) is checkpointed with the run, so a phase
 resumes exactly. Later issues register `sft`, `distill`, ... the same way.
 """
@@ -19,6 +21,11 @@ from adamba.train.phases import GATES, Phase
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def targets(y: torch.Tensor) -> torch.Tensor:
+    """The number of scored positions of a batch (padding is -100)."""
+    return (y != -100).sum()
+
+
 class Objective:
     """The plain language-model loss: next-token cross-entropy over the batch."""
 
@@ -29,10 +36,15 @@ class Objective:
     def __init__(self, model: nn.Module, cfg: Config, phase: Phase, forward: nn.Module):
         self.model, self.cfg, self.phase, self.forward = model, cfg, phase, forward
 
-    def loss(self, step: int, next_batch: Callable[[], Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    # the parallel wrapper may skip looking for parameters without a gradient (DDP's fast path)
+    uses_every_trainable = True
+
+    def loss(
+        self, step: int, next_batch: Callable[[], Batch]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = next_batch()
         _, loss = self.forward(x, y)
-        return loss, loss
+        return loss, loss, targets(y)
 
     def state_dict(self) -> dict:
         return {}
@@ -47,12 +59,13 @@ class ElasticObjective(Objective):
     gate-calibration objective only."""
 
     never_train = GATES
+    uses_every_trainable = False  # the expansion schedule and exit terms are sampled per step
 
     def loss(self, step, next_batch):
         from adamba.train.elastic import elastic_loss
 
         x, y = next_batch()
-        return elastic_loss(self.model, x, y, self.cfg.elastic)
+        return (*elastic_loss(self.model, x, y, self.cfg.elastic), targets(y))
 
 
 class GateCalibrationObjective(Objective):
@@ -60,6 +73,7 @@ class GateCalibrationObjective(Objective):
 
     default_train = GATES
     never_train: list[str] = []
+    uses_every_trainable = False  # each step fits the full-width gates and one narrow width's
     changes_lm = False
 
     def __init__(self, model, cfg, phase, forward):
@@ -69,7 +83,8 @@ class GateCalibrationObjective(Objective):
         self.fit = GateFit(model, cfg.elastic.calibrate_reuse)
 
     def loss(self, step, next_batch):
-        return self.fit.loss(step, next_batch)
+        total, logged = self.fit.loss(step, next_batch)
+        return total, logged, targets(self.fit.batch[1])
 
     def state_dict(self) -> dict:
         return self.fit.state_dict()

@@ -10,7 +10,7 @@ their norms and feed-forwards included. "Train only the Mamba layers" is `train 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch
@@ -46,14 +46,16 @@ class Phase:
     seq_len: int
     reset_optimizer: bool = False
     seed: int = 0  # its data order (the first phase uses train.seed, as a run without phases did)
-    extra: dict = field(default_factory=dict)
+    world: int = 1  # processes, each reading batch_size sequences per micro-step
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len * self.grad_accum
+        return self.batch_size * self.seq_len * self.grad_accum * self.world
 
 
-def resolve(cfg: Config, pc: PhaseConfig, index: int) -> Phase:
+def resolve(cfg: Config, pc: PhaseConfig, index: int, world: int = 1) -> Phase:
+    """A phase with every value concrete; `world` processes each take batch_size sequences per
+    micro-step, so a step is batch x seq x grad_accum x world tokens."""
     t = cfg.train
 
     def pick(value, default):
@@ -61,7 +63,7 @@ def resolve(cfg: Config, pc: PhaseConfig, index: int) -> Phase:
 
     batch, accum = pick(pc.batch_size, t.batch_size), pick(pc.grad_accum, t.grad_accum)
     seq = pick(pc.seq_len, cfg.data.seq_len)
-    steps = pc.steps or math.ceil(pc.tokens / (batch * seq * accum))
+    steps = pc.steps or math.ceil(pc.tokens / (batch * seq * accum * world))
     return Phase(
         index=index,
         name=pc.name or f"phase{index}",
@@ -82,20 +84,21 @@ def resolve(cfg: Config, pc: PhaseConfig, index: int) -> Phase:
         seq_len=seq,
         reset_optimizer=pc.reset_optimizer,
         seed=t.seed + index,
+        world=world,
     )
 
 
-def plan(cfg: Config) -> list[Phase]:
+def plan(cfg: Config, world: int = 1) -> list[Phase]:
     """The phases of a run. Without [[phase]] tables: one phase of train.max_steps (`lm`, or
     `elastic` with elastic.enabled, then a `gate-calibration` phase of elastic.calibrate_steps
     that fits the gates with the LM frozen), so every config written before phases runs as it
     did."""
     if cfg.phase:
-        return [resolve(cfg, pc, i) for i, pc in enumerate(cfg.phase)]
+        return [resolve(cfg, pc, i, world) for i, pc in enumerate(cfg.phase)]
     e = cfg.elastic
     first = PhaseConfig(name="elastic" if e.enabled else "lm", objective="elastic" if e.enabled else "lm")
     first.steps = cfg.train.max_steps
-    phases = [resolve(cfg, first, 0)]
+    phases = [resolve(cfg, first, 0, world)]
     if e.enabled and e.calibrate_steps > 0:
         cal = PhaseConfig(
             name="gate-calibration",
@@ -108,7 +111,7 @@ def plan(cfg: Config) -> list[Phase]:
             weight_decay=0.0,
             grad_accum=1,
         )
-        phases.append(resolve(cfg, cal, 1))
+        phases.append(resolve(cfg, cal, 1, world))
     return phases
 
 

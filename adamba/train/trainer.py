@@ -27,7 +27,7 @@ from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
-from adamba.train import rundir
+from adamba.train import dist, rundir
 from adamba.train.monitor import MetricsLog, ProgressDisplay
 from adamba.train.objectives import OBJECTIVES, Objective
 from adamba.train.optim import build_optimizer
@@ -48,6 +48,7 @@ class TrainResult:
     params: int
     val: dict | None
     elapsed_s: float
+    rank: int = 0  # under torchrun: this process's rank (the CLI reports from rank 0 only)
 
 
 def pick_device(name: str) -> torch.device:
@@ -123,9 +124,18 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainResu
             f"data.train is empty (phases without data: {', '.join(empty)}): list the training manifests "
             "(see `adamba data shards`)"
         )
-    with RunLock(run_dir), StepBoundaryStop() as stop:
-        rundir.prepare(run_dir, resume, overwrite)
-        return Trainer(cfg, run_dir, device, tokenizer, stop).fit(resume)
+    d = dist.init(cfg.train.parallel, device)
+    try:
+        device = dist.local_device(d, device)
+        # rank 0 owns the run directory (lock, refuse/overwrite); the others wait for it
+        lock = RunLock(run_dir) if d.main else contextlib.nullcontext()
+        with lock, StepBoundaryStop() as stop:
+            if d.main:
+                rundir.prepare(run_dir, resume, overwrite)
+            d.barrier()
+            return Trainer(cfg, run_dir, device, tokenizer, stop, d).fit(resume)
+    finally:
+        d.close()
 
 
 class Trainer:
@@ -134,13 +144,24 @@ class Trainer:
     optimizer state); the state of parameters that keep training carries over unless the phase
     says `reset_optimizer`."""
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, tokenizer: Tokenizer, stop):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        device: torch.device,
+        tokenizer: Tokenizer,
+        stop,
+        d: dist.Dist | None = None,
+    ):
         self.cfg, self.run_dir, self.device, self.tokenizer, self.stop = cfg, run_dir, device, tokenizer, stop
-        self.phases: list[Phase] = plan(cfg)
+        self.dist = d or dist.Dist()
+        self.phases: list[Phase] = plan(cfg, self.dist.world)
         self.amp = autocast_ctx(device, cfg.train.dtype)
         self.fp = tokenizer.fingerprint()
         self.token_bytes = torch.as_tensor(tokenizer.token_bytes(), dtype=torch.long)
         self.model: LM | None = None
+        self.wrapped: torch.nn.Module | None = None  # the phase's parallel wrapper (or the Step itself)
+        self.shadow: LM | None = None  # FSDP2: a plain copy on rank 0 that checkpoints are written from
         self.optimizer: torch.optim.Optimizer | None = None
         self.loader: TokenLoader | None = None
         self.objective: Objective | None = None
@@ -148,6 +169,7 @@ class Trainer:
         self.elapsed_prev = 0.0
         self.last_saved: int | None = None
         self.bad_steps = 0
+        self.skipped = 0  # non-finite steps skipped in this process's life
         self.val: dict | None = None
 
     @property
@@ -203,19 +225,25 @@ class Trainer:
             from adamba.model.elastic import attach_elastic
 
             attach_elastic(self.model, cfg.elastic)
+        for block in self.model.blocks:
+            block.checkpointing = cfg.train.activation_checkpointing
         if cfg.train.compile:
             check_compile(self.device)
         # the compiled forward shares its weights with `model` (checkpoints, eval, elastic use it)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_module = dist.Step(self.model)
         for ph in self.phases:  # open and hash-check every phase's data before any work
             self._open_loader(ph, prefetch=0).close()
         if cfg.data.val:
             self._val_loader(verify=True)
+        if ckpt is not None:
+            ck.load_weights(self.model, ckpt)  # before sharding: FSDP2 shards the loaded weights
+        if self.dist.parallel == "fsdp":
+            dist.shard(self.dist, self.step_module)
         if ckpt is None:
             self.enter_phase(0)
             return
         st = ckpt.state
-        ck.load_weights(self.model, ckpt)
         tstate = ck.load_trainer_state(ckpt)
         self.phase_i = st.get("phase", 0)
         self.phase_step = st.get("phase_step", st["step"])
@@ -228,7 +256,14 @@ class Trainer:
 
     def _open_loader(self, ph: Phase, prefetch: int = 2) -> TokenLoader:
         return TokenLoader(
-            ph.data, ph.batch_size, ph.seq_len, seed=ph.seed, tokenizer_fingerprint=self.fp, prefetch=prefetch
+            ph.data,
+            ph.batch_size,
+            ph.seq_len,
+            seed=ph.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world,
+            tokenizer_fingerprint=self.fp,
+            prefetch=prefetch,
         )
 
     def _val_loader(self, verify: bool = False) -> TokenLoader:
@@ -238,6 +273,8 @@ class Trainer:
             c.train.batch_size,
             c.data.seq_len,
             seed=0,
+            rank=self.dist.rank,
+            world_size=self.dist.world,
             tokenizer_fingerprint=self.fp,
             verify=verify,
             prefetch=0,
@@ -251,10 +288,12 @@ class Trainer:
         names = trainable(model, ph, kind.default_train, kind.never_train)
         for n, p in model.named_parameters():
             p.requires_grad_(n in names)
+        self.wrapped = None  # a DDP wrapper of the last phase lets go of its gradient hooks
+        self.wrapped = dist.wrap(self.dist, self.step_module, not kind.uses_every_trainable)
         old = self.optimizer
         self.optimizer = build_optimizer(model, self.cfg.train, ph.weight_decay)
         if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
+            dist.load_optimizer_state(model, self.optimizer, opt_state)
         elif old is not None and not ph.reset_optimizer:
             for group in self.optimizer.param_groups:
                 for p in group["params"]:
@@ -281,26 +320,44 @@ class Trainer:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_step(self) -> dict:
-        """One optimizer step of the current phase; returns its metrics row. A non-finite loss or
-        gradient skips the update (counted; MAX_BAD_STEPS in a row stop the run)."""
-        ph, opt = self.phase, self.optimizer
+        """One optimizer step of the current phase; returns its metrics row. The gradient is the
+        mean over every target token of the step (all micro-steps, all ranks); a non-finite loss
+        or gradient on any rank skips the update everywhere (counted; MAX_BAD_STEPS in a row stop
+        the run)."""
+        ph, opt, d = self.phase, self.optimizer, self.dist
         lr = ph.lr * lr_multiplier(self.phase_step, ph.steps, ph)
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        loss_acc = 0.0
-        for _ in range(ph.grad_accum):
-            with self.amp:
-                loss, logged = self.objective.loss(self.phase_step, self.next_batch)
-            (loss / ph.grad_accum).backward()
-            loss_acc += float(logged.detach()) / ph.grad_accum
+        count, loss_sum = 0.0, 0.0
+        for k in range(ph.grad_accum):
+            with dist.no_sync(d, self.wrapped, k < ph.grad_accum - 1), self.amp:
+                loss, logged, n = self.wrapped(self.objective.loss, self.phase_step, self.next_batch)
+                (loss * n).backward()  # a sum over tokens; divided by the global count below
+            count += float(n)
+            loss_sum += float(logged.detach()) * float(n)
+        count, loss_sum = d.all_sum([count, loss_sum])
+        scale = d.world / max(count, 1.0)  # DDP / FSDP2 average over ranks; make it a token mean
+        for p in opt.param_groups:
+            for q in p["params"]:
+                if q.grad is not None:
+                    q.grad.mul_(scale)
+        loss_acc = loss_sum / max(count, 1.0)
         clip = self.cfg.train.grad_clip or float("inf")
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.lm_params, clip)) if self.lm_params else 0.0
-        hnorm = float(torch.nn.utils.clip_grad_norm_(self.head_params, clip)) if self.head_params else 0.0
-        if not (math.isfinite(loss_acc) and math.isfinite(gnorm) and math.isfinite(hnorm)):
+        gnorm = (
+            float(dist.full(torch.nn.utils.clip_grad_norm_(self.lm_params, clip))) if self.lm_params else 0.0
+        )
+        hnorm = (
+            float(dist.full(torch.nn.utils.clip_grad_norm_(self.head_params, clip)))
+            if self.head_params
+            else 0.0
+        )
+        bad = d.any(not (math.isfinite(loss_acc) and math.isfinite(gnorm) and math.isfinite(hnorm)))
+        if bad:
             opt.zero_grad(set_to_none=True)
             self.bad_steps += 1
+            self.skipped += 1
             self.display.print(
-                f"[yellow]step {self.step}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
+                f"[yellow]step {self.step + 1}: non-finite loss/grad ({loss_acc}, {gnorm}); update skipped[/]"
             )
             if self.bad_steps >= MAX_BAD_STEPS:
                 kept = (
@@ -319,16 +376,40 @@ class Trainer:
         self.step += 1
         self.phase_step += 1
         self.tokens_seen += ph.tokens_per_step
-        return {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
+        row = {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
+        if self.skipped:
+            row["skipped_steps"] = self.skipped
+        return row
 
     def evaluate(self) -> dict | None:
-        """Bits per byte on data.val (eval_batches batches, always the same ones)."""
+        """Bits per byte on data.val: eval_batches steps' worth of sequences, always the same ones
+        (each rank scores its share, inside the wrapper, where FSDP2 gathers the weights)."""
         if not self.cfg.data.val:
             return None
         val_loader = self._val_loader()
-        batches = (next(val_loader) for _ in range(self.cfg.train.eval_batches))
+        n = self.cfg.train.eval_batches * self.cfg.train.grad_accum  # a step's sequences, eval_batches times
+        batches = (next(val_loader) for _ in range(n))
         amp = self.amp if self.device.type == "cuda" else None
-        return evaluate_bpb(self.model, batches, self.token_bytes, self.device, amp)
+        with torch.no_grad():  # DDP readies a gradient reduction for any forward run with grad on
+            out = self.wrapped(evaluate_bpb, self.model, batches, self.token_bytes, self.device, amp)
+        if self.dist.parallel == "fsdp":
+            self.step_module.reshard()  # FSDP2 keeps the root's weights gathered after a forward
+        if self.dist.world == 1:
+            return out
+        loss, nats, tokens, nbytes = self.dist.all_sum(
+            [
+                out["loss"] * out["tokens"],
+                out["bpb"] * math.log(2) * out["bytes"],
+                out["tokens"],
+                out["bytes"],
+            ]
+        )
+        return {
+            "loss": loss / tokens,
+            "bpb": nats / (math.log(2) * nbytes),
+            "tokens": int(tokens),
+            "bytes": int(nbytes),
+        }
 
     def state_dict(self, elapsed: float, loader_state: dict) -> tuple[dict, dict]:
         """(state.json's fields, trainer.pt's extra entries) of the current position."""
@@ -347,17 +428,32 @@ class Trainer:
         return state, {"objective": self.objective.state_dict()}
 
     def save(self, elapsed: float, loader_state: dict) -> None:
+        """Every rank gathers (FSDP2's shards are collectives); rank 0 writes, and all ranks learn
+        whether it could (a full disk stops every rank with the same one-line error)."""
         state, extra = self.state_dict(elapsed, loader_state)
-        ck.save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.model,
-            self.cfg,
-            self.cfg.data.tokenizer,
-            self.optimizer,
-            state,
-            extra,
-        )
+        extra["optimizer"] = dist.optimizer_state(self.model, self.optimizer)
+        model = self.model
+        if self.dist.parallel == "fsdp":
+            weights = dist.full_state(self.model)
+            if self.dist.main:
+                if self.shadow is None:
+                    self.shadow = LM(self.cfg.model)
+                    if self.cfg.elastic.enabled:
+                        from adamba.model.elastic import attach_elastic
+
+                        attach_elastic(self.shadow, self.cfg.elastic)
+                self.shadow.load_state_dict(weights)
+                model = self.shadow
+        error = None
+        if self.dist.main:
+            try:
+                ck.save_checkpoint(
+                    self.run_dir, self.step, model, self.cfg, self.cfg.data.tokenizer, None, state, extra
+                )
+            except AdambaError as e:
+                error = e
+        if self.dist.any(error is not None):
+            raise error or AdambaError(f"rank 0 could not save checkpoint step {self.step}; see its error")
         self.last_saved = self.step
 
     # ---- the run ----------------------------------------------------------------------------
@@ -365,12 +461,16 @@ class Trainer:
         cfg, run_dir = self.cfg, self.run_dir
         self.build(resume)
         try:
-            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            if self.dist.main:
+                (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         except OSError as e:
             raise AdambaError(f"cannot write {run_dir / 'config.json'}: {e.strerror}") from e
         start, tokens_start = self.step, self.tokens_seen
-        metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start if resume else None)
-        self.display = display = ProgressDisplay(self.total, start, enabled=cfg.run.progress)
+        main = self.dist.main
+        metrics = (
+            MetricsLog(run_dir / "metrics.jsonl", resume_step=start if resume else None) if main else None
+        )
+        self.display = display = ProgressDisplay(self.total, start, enabled=cfg.run.progress and main)
         budget_fixed = resume or cfg.train.max_minutes <= 0 or self.phase_i != 0
         t0, t_calib = time.time(), None
         stop = self.stop
@@ -388,7 +488,8 @@ class Trainer:
                 )  # never inside a non-finite streak
             display.close()
             kept = f"checkpoint saved at step {self.last_saved}" if self.last_saved else "no checkpoint saved"
-            print(f"interrupted ({stop.name()}): {kept}; continue with --resume", file=sys.stderr)
+            if main:
+                print(f"interrupted ({stop.name()}): {kept}; continue with --resume", file=sys.stderr)
             raise KeyboardInterrupt
 
         self.model.train()
@@ -401,14 +502,14 @@ class Trainer:
                     self.enter_phase(self.phase_i + 1)
                     loader_state = self.loader.state_dict()
                     continue
-                if stop.requested:
+                if self.dist.any(stop.requested):  # every rank stops at the same step
                     stop_here()
                 if not budget_fixed and self.step - start == 1:
                     t_calib = time.time()  # the first step pays one-off costs; time the next ones
                 if not budget_fixed and t_calib is not None and self.step - start == 1 + CALIBRATION_STEPS:
                     per_step = (time.time() - t_calib) / CALIBRATION_STEPS
                     eval_cost = 0.1  # leave ~10% of the budget for evaluation and checkpoints
-                    fit = int(cfg.train.max_minutes * 60 * (1 - eval_cost) / per_step)
+                    fit = int(self.dist.min(cfg.train.max_minutes * 60 * (1 - eval_cost) / per_step))
                     self.phase.steps = max(self.phase_step + 1, min(self.phase.steps, fit))
                     budget_fixed = True
                 row = self.train_step()
@@ -425,7 +526,8 @@ class Trainer:
                     self.val = self.evaluate()
                     if self.val is not None:
                         row.update(val_loss=self.val["loss"], val_bpb=self.val["bpb"])
-                metrics.write(row)
+                if metrics is not None:
+                    metrics.write(row)
                 extra = f" {self.phase.name}" + (f" val_bpb {self.val['bpb']:.3f}" if self.val else "")
                 display.update(self.step, self.total, row["loss"], row["lr"], row["tok_s"], extra)
                 loader_state = self.loader.state_dict()
@@ -434,7 +536,8 @@ class Trainer:
                     self.save(elapsed, loader_state)
         finally:
             display.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             self.loader.close()
         elapsed = time.time() - t0
         return TrainResult(
@@ -445,4 +548,5 @@ class Trainer:
             params=self.model.num_params(),
             val=self.val,
             elapsed_s=self.elapsed_prev + elapsed,
+            rank=self.dist.rank,
         )

@@ -97,3 +97,33 @@ def test_qk_norm_stays_fused_under_bf16_autocast():
         warnings.filterwarnings("error", message=".*Mismatch dtype.*")
         logits, _ = model(x)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_activation_checkpointing_recomputes_and_keeps_gradients(monkeypatch):
+    """block.checkpointing: the same loss and gradients, bit for bit, with every block's forward
+    run twice (once more in backward); off in no_grad and decoding (state given)."""
+    from adamba.model.lm import Block
+
+    torch.manual_seed(0)
+    model = LM(
+        model_config({"vocab_size": 97, "d_model": 32, "n_layer": 3, "pattern": "AMK", "max_seq_len": 16})
+    )
+    x, y = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    calls = []
+    real = Block._forward
+    monkeypatch.setattr(Block, "_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    grads = []
+    for on in (False, True):
+        for b in model.blocks:
+            b.checkpointing = on
+        calls.clear()
+        model.zero_grad()
+        _, loss = model(x, y)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert len(calls) == 3 * (2 if on else 1)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    calls.clear()
+    with torch.no_grad():
+        model(x)
+    assert len(calls) == 3

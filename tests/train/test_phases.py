@@ -14,45 +14,7 @@ from adamba.errors import AdambaError
 from adamba.train import trainer
 from adamba.train.monitor import read_metrics
 from adamba.train.phases import plan, select
-from tests.helpers import tiny_overrides
-
-HYBRID = [  # M A M: two Mamba2 layers (no feed-forward) around an attention layer with MLP
-    "model.n_layer=3",
-    "model.pattern=MAM",
-    "model.mamba.ffn=none",
-    "model.mamba.d_state=16",
-    "model.mamba.head_dim=16",
-    "model.mamba.chunk_size=16",
-]
-
-THREE_PHASES = """
-[[phase]]
-name = "all"
-steps = 3
-
-[[phase]]
-name = "mamba-only"
-steps = 3
-train = ["@M"]
-lr = 5e-3
-schedule = "constant"
-reset_optimizer = {reset}
-
-[[phase]]
-name = "attn-only"
-steps = 3
-train = ["*"]
-freeze = ["@M"]
-schedule = "cosine"
-warmup_frac = 0.0
-"""
-
-
-def three_phase_config(tmp_path, data, out, reset=False, extra=()):
-    path = tmp_path / "phases.toml"
-    path.write_text(THREE_PHASES.format(reset=str(reset).lower()))
-    over = tiny_overrides(data, out) + HYBRID + ["train.eval_every=0", "train.ckpt_every=0", *extra]
-    return load_config(str(path), over)
+from tests.helpers import three_phase_config, tiny_overrides
 
 
 def test_a_config_without_phases_is_one_lm_phase(tiny_data, tmp_path):

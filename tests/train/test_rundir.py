@@ -17,7 +17,7 @@ from adamba.errors import AdambaError
 from adamba.train import trainer
 from adamba.train.monitor import MetricsLog, read_metrics
 from adamba.train.rundir import RunLock
-from tests.helpers import adamba, assert_clean_error, tiny_overrides
+from tests.helpers import adamba, assert_clean_error, nan_loss_on, tiny_overrides
 
 
 def cfg_for(data, out, steps=8, *extra):
@@ -136,18 +136,7 @@ def test_nothing_is_saved_from_a_non_finite_streak(tiny_data, tmp_path, monkeypa
     written, LATEST stays at step 4 (finite weights), and the error says so."""
     from adamba.model.lm import LM
 
-    real = LM.forward
-    calls = {"n": 0}
-
-    def forward(self, idx, targets=None, *a, **k):
-        logits, loss = real(self, idx, targets, *a, **k)
-        if targets is not None and torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] >= 6:
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(LM, "forward", forward)
+    nan_loss_on(monkeypatch, lambda n: n >= 6)
     out = tmp_path / "r"
     with pytest.raises(
         AdambaError, match=r"diverged: 5 consecutive non-finite steps .*last checkpoint, step 4, predates it"

@@ -10,7 +10,7 @@ from adamba.config import load_config
 from adamba.errors import AdambaError
 from adamba.train import trainer
 from adamba.train.monitor import read_metrics
-from tests.helpers import make_tiny_data, tiny_overrides
+from tests.helpers import make_tiny_data, nan_loss_on, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +231,44 @@ def test_a_device_that_is_not_here_is_one_line():
         with pytest.raises(AdambaError, match=needle):
             trainer.pick_device(name)
     assert trainer.pick_device("auto").type == "cpu"
+
+
+def test_a_non_finite_step_is_skipped_counted_and_logged(data, tmp_path, monkeypatch):
+    """Steps 3 and 6 produce a NaN loss: their updates are skipped (the weights after step 3 equal
+    those after step 2), the rows count them, and training goes on."""
+    nan_loss_on(monkeypatch, lambda n: n in (3, 6))
+    seen = []
+    real_step = trainer.Trainer.train_step
+
+    def spy(self):
+        row = real_step(self)
+        seen.append([p.detach().clone() for p in self.model.parameters()])
+        return row
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", spy)
+    res = trainer.run(load_config("tiny-cpu", tiny_overrides(data, tmp_path / "r", steps=8)))
+    assert res.steps == 8
+    rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r.get("skipped_steps", 0) for r in rows] == [0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(torch.equal(a, b) for a, b in zip(seen[1], seen[2]))  # step 3 changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(seen[2], seen[3]))
+    assert all(r["grad_norm"] >= 0 for r in rows if r["step"] not in (3, 6))
+
+
+def test_activation_checkpointing_trains_the_same_run(data, tmp_path, monkeypatch):
+    """train.activation_checkpointing=true: every block's forward runs again in backward, and
+    the loss curve is the same, bit for bit (the recomputation is exact); its memory and speed
+    are in benchmarks/dist.py."""
+    from adamba.model.lm import Block
+
+    runs, calls = [], []
+    real = Block._forward
+    monkeypatch.setattr(Block, "_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    for name, on in (("a", "false"), ("b", "true")):
+        calls.clear()
+        over = tiny_overrides(data, tmp_path / name, steps=4) + [f"train.activation_checkpointing={on}"]
+        over += ["train.eval_every=0"]
+        trainer.run(load_config("tiny-cpu", over))
+        runs.append((losses(tmp_path / name), len(calls)))
+    assert runs[0][0] == runs[1][0]
+    assert (runs[0][1], runs[1][1]) == (4 * 2, 2 * 4 * 2)  # 4 steps x 2 blocks, twice with checkpointing
