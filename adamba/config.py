@@ -375,6 +375,8 @@ class PhaseConfig:
     warmup_frac: float | None = None
     min_lr_frac: float | None = None
     weight_decay: float | None = None
+    beta2: float | None = None  # AdamW's second-moment decay
+    grad_clip: float | None = None  # 0 = no clipping
     batch_size: int | None = None
     grad_accum: int | None = None
     seq_len: int | None = None
@@ -385,7 +387,8 @@ class PhaseConfig:
         **{k: ">= 0" for k in ("steps", "tokens")},
         **{k: "[0, 1]" for k in ("warmup_frac", "min_lr_frac")},
         "lr": "> 0",
-        "weight_decay": ">= 0",
+        **{k: ">= 0" for k in ("weight_decay", "grad_clip")},
+        "beta2": "[0, 1)",
         **{k: ">= 1" for k in ("batch_size", "grad_accum", "seq_len")},
     }
 

@@ -221,7 +221,9 @@ def calibrate_gate(
     forwards; the exit curve barely moves, so the gain is mostly the phase's time (-30 to -40%).
     Returns the per-step losses (full-width gates, else the narrow ones)."""
     fit = GateFit(model, reuse, full)
-    opt = torch.optim.Adam(fit.params(), lr)
+    # AdamW without decay is Adam; foreach, as the trainer's optimizer, so the gate-calibration
+    # phase of a run computes what this function does (tests/train/test_elastic.py)
+    opt = torch.optim.AdamW(fit.params(), lr, betas=(0.9, 0.999), weight_decay=0.0, foreach=True)
     losses = []
     for step in range(steps):
         cur = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))

@@ -36,10 +36,11 @@ def param_groups(model: nn.Module, weight_decay: float, embed_lr_mult: float = 1
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig, weight_decay: float | None = None
+    model: nn.Module, cfg: TrainConfig, weight_decay: float | None = None, beta2: float | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over the parameters that require gradients (a phase's trainable set); frozen ones
-    get no optimizer state. `weight_decay` overrides [train]'s (a phase's own)."""
+    get no optimizer state. `weight_decay` and `beta2` override [train]'s (a phase's own)."""
     wd = cfg.weight_decay if weight_decay is None else weight_decay
+    b2 = cfg.beta2 if beta2 is None else beta2
     groups = param_groups(model, wd, cfg.embed_lr_mult)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, b2), eps=cfg.eps, foreach=True)

@@ -19,7 +19,9 @@ from torch import nn
 from adamba.config import Config, PhaseConfig
 from adamba.errors import AdambaError
 
-CALIBRATION_LR = 3e-3  # the implicit gate-calibration phase: Adam-style, cosine to 0, no decay
+CALIBRATION_LR = 3e-3  # the implicit gate-calibration phase: calibrate_gate's recipe (Adam, beta2
+# 0.999, cosine from 3e-3 to 0 with no warm-up, no decay, no clipping), which the gate figures in
+# benchmarks/README.md were measured with
 GATES = ["elastic.gates", "elastic.width_gates"]  # what gate calibration trains
 
 
@@ -41,6 +43,8 @@ class Phase:
     decay_frac: float
     min_lr_frac: float
     weight_decay: float
+    beta2: float
+    grad_clip: float  # 0 = none
     batch_size: int
     grad_accum: int
     seq_len: int
@@ -79,6 +83,8 @@ def resolve(cfg: Config, pc: PhaseConfig, index: int, world: int = 1) -> Phase:
         decay_frac=t.decay_frac,
         min_lr_frac=pick(pc.min_lr_frac, t.min_lr_frac),
         weight_decay=pick(pc.weight_decay, t.weight_decay),
+        beta2=pick(pc.beta2, t.beta2),
+        grad_clip=pick(pc.grad_clip, t.grad_clip),
         batch_size=batch,
         grad_accum=accum,
         seq_len=seq,
@@ -109,6 +115,8 @@ def plan(cfg: Config, world: int = 1) -> list[Phase]:
             warmup_frac=0.0,
             min_lr_frac=0.0,
             weight_decay=0.0,
+            beta2=0.999,
+            grad_clip=0.0,
             grad_accum=1,
         )
         phases.append(resolve(cfg, cal, 1, world))

@@ -17,8 +17,9 @@ class Schedule(Protocol):
 
 def lr_multiplier(step: int, total: int, cfg: Schedule) -> float:
     """Linear warmup, then cosine to min_lr_frac, WSD (stable, then linear decay over the last
-    decay_frac of training to min_lr_frac), or constant."""
-    warmup = max(1, int(round(cfg.warmup_frac * total)))
+    decay_frac of training to min_lr_frac), or constant. warmup_frac = 0: no warm-up (the cosine
+    starts at step 0); any other fraction warms up at least one step."""
+    warmup = max(1, int(round(cfg.warmup_frac * total))) if cfg.warmup_frac > 0 else 0
     if step < warmup:
         return (step + 1) / warmup
     if cfg.schedule == "constant":

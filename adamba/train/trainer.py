@@ -291,7 +291,7 @@ class Trainer:
         self.wrapped = None  # a DDP wrapper of the last phase lets go of its gradient hooks
         self.wrapped = dist.wrap(self.dist, self.step_module, not kind.uses_every_trainable)
         old = self.optimizer
-        self.optimizer = build_optimizer(model, self.cfg.train, ph.weight_decay)
+        self.optimizer = build_optimizer(model, self.cfg.train, ph.weight_decay, ph.beta2)
         if opt_state is not None:
             dist.load_optimizer_state(model, self.optimizer, opt_state)
         elif old is not None and not ph.reset_optimizer:
@@ -342,7 +342,7 @@ class Trainer:
                 if q.grad is not None:
                     q.grad.mul_(scale)
         loss_acc = loss_sum / max(count, 1.0)
-        clip = self.cfg.train.grad_clip or float("inf")
+        clip = ph.grad_clip or float("inf")
         gnorm = (
             float(dist.full(torch.nn.utils.clip_grad_norm_(self.lm_params, clip))) if self.lm_params else 0.0
         )

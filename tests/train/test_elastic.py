@@ -314,3 +314,38 @@ def test_trainer_gate_calibration_phase_runs_once(tiny_data, tmp_path):
     trainer.run(load_config("tiny-cpu", over), resume=True)  # done already: nothing changes
     again = load_file(str(ck.read_checkpoint(tmp_path / "c").path / "model.safetensors"))
     assert all(torch.equal(after[k], again[k]) for k in after)
+
+
+def test_the_calibration_phase_computes_what_calibrate_gate_does(tiny_data, tmp_path, monkeypatch):
+    """The run's gate-calibration phase and calibrate_gate (which the benchmarks' gate figures
+    were measured with) are one recipe: from the weights the elastic phase left, on the same
+    batches (the phase's own stream, seeded train.seed + 1), they fit the same gates, bit for bit."""
+    from adamba import checkpoint as ck
+    from adamba.data.loader import TokenLoader
+    from adamba.train import trainer
+
+    over = elastic_overrides(tiny_data, tmp_path / "r", steps=2) + [
+        "elastic.calibrate_steps=6",
+        "elastic.calibrate_reuse=2",
+    ]
+    cfg = load_config("tiny-cpu", over)
+    snap = {}
+    real = trainer.Trainer.enter_phase
+
+    def spy(self, i, *a, **k):
+        if i == 1:
+            snap.update({n: v.clone() for n, v in self.model.state_dict().items()})
+        real(self, i, *a, **k)
+
+    monkeypatch.setattr(trainer.Trainer, "enter_phase", spy)
+    trainer.run(cfg)
+    ran = ck.load_model(tmp_path / "r")[0]
+    model = el.attach_elastic(LM(ran.cfg), cfg.elastic)
+    model.load_state_dict(snap)
+    model.train()
+    loader = TokenLoader([tiny_data["train"]], 4, 32, seed=cfg.train.seed + 1, prefetch=0)
+    te.calibrate_gate(model, loader, steps=6, reuse=2)  # batch 4 x 32: a power-of-two token count
+    got, want = ran.state_dict(), model.state_dict()
+    gates = [k for k in want if k.startswith(("elastic.gates", "elastic.width_gates"))]
+    assert gates and all(torch.equal(got[k], want[k]) for k in gates)
+    assert any(not torch.equal(snap[k], want[k]) for k in gates)  # they did move
