@@ -25,7 +25,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="train a model from a TOML config")
+    t = sub.add_parser(
+        "train",
+        help="train a model from a TOML config",
+        description="Train a model from a TOML config or preset: its [[phase]] tables in order "
+        "(`adamba phases --config X` prints them), or one phase of train.max_steps.",
+        epilog="Several processes: torchrun --standalone --nproc_per_node=N -m adamba train ... "
+        "--set train.parallel=ddp (or fsdp); train.batch_size is per process.",
+    )
     t.add_argument("--config", required=True, help="TOML file or preset name (e.g. tiny-cpu)")
     t.add_argument("--out", help="run directory (overrides run.out_dir)")
     t.add_argument(
