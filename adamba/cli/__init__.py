@@ -10,10 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import data, evaluate, phases, quickstart, sample, train
+from adamba.cli import data, estimate, evaluate, phases, quickstart, sample, train
 from adamba.errors import AdambaError
 
-GROUPS = (train, phases, sample, evaluate, quickstart, data)  # the order `adamba --help` lists them in
+GROUPS = (
+    train,
+    phases,
+    estimate,
+    sample,
+    evaluate,
+    quickstart,
+    data,
+)  # the order `adamba --help` lists them in
 
 
 def build_parser() -> argparse.ArgumentParser:
