@@ -349,6 +349,9 @@ class RunConfig:
     name: str = "run"
     out_dir: str = "runs/run"
     progress: bool = True  # live rich progress display
+    tensorboard: bool = True  # TensorBoard event files in <run>/tensorboard/ (tensorboard --logdir runs)
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`; WANDB_MODE=offline works)
+    wandb_project: str = "adamba"
 
     def validate(self) -> None:
         if not self.out_dir.strip():

@@ -28,7 +28,7 @@ from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
 from adamba.train import dist, rundir
-from adamba.train.monitor import MetricsLog, ProgressDisplay
+from adamba.train.monitor import ProgressDisplay, RunLogs, check_loggers
 from adamba.train.objectives import OBJECTIVES, Objective
 from adamba.train.optim import build_optimizer
 from adamba.train.phases import Phase, plan, trainable
@@ -113,6 +113,7 @@ def run(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainResu
     (continue it exactly) or `overwrite` (delete it first). SIGINT/SIGTERM finish the step in
     flight, save, and raise KeyboardInterrupt."""
     cfg.validate()
+    check_loggers(cfg)
     run_dir = Path(cfg.run.out_dir)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -467,9 +468,7 @@ class Trainer:
             raise AdambaError(f"cannot write {run_dir / 'config.json'}: {e.strerror}") from e
         start, tokens_start = self.step, self.tokens_seen
         main = self.dist.main
-        metrics = (
-            MetricsLog(run_dir / "metrics.jsonl", resume_step=start if resume else None) if main else None
-        )
+        metrics = RunLogs(run_dir, cfg, resume_step=start if resume else None) if main else None
         self.display = display = ProgressDisplay(self.total, start, enabled=cfg.run.progress and main)
         budget_fixed = resume or cfg.train.max_minutes <= 0 or self.phase_i != 0
         t0, t_calib = time.time(), None
@@ -527,7 +526,7 @@ class Trainer:
                     if self.val is not None:
                         row.update(val_loss=self.val["loss"], val_bpb=self.val["bpb"])
                 if metrics is not None:
-                    metrics.write(row)
+                    metrics.write(row, self.phase_i)
                 extra = f" {self.phase.name}" + (f" val_bpb {self.val['bpb']:.3f}" if self.val else "")
                 display.update(self.step, self.total, row["loss"], row["lr"], row["tok_s"], extra)
                 loader_state = self.loader.state_dict()

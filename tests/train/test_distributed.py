@@ -70,6 +70,7 @@ def test_two_ranks_follow_one_process(tiny_data, tmp_path, one_process, parallel
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("trained 20 steps") == 1  # rank 0 reports
     assert_same_curve(curve(out), one_process, 1e-5)
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's alone
 
 
 def test_ddp_ctrl_c_resumes_exactly(tiny_data, tmp_path):
