@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import data, estimate, evaluate, phases, quickstart, sample, train
+from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, train
 from adamba.errors import AdambaError
 
 GROUPS = (
@@ -18,6 +18,7 @@ GROUPS = (
     phases,
     estimate,
     sample,
+    chat,
     evaluate,
     quickstart,
     data,

@@ -55,15 +55,33 @@ def generate_text(
     `mode` (ghost / whisper / normal / think / auto) decodes through the elastic runner of a
     Matryoshka-trained model; `stats` then receives its per-token accounting summary."""
     check_generate_args(prompt, max_new_tokens, temperature, top_k, seed)
-    device = next(model.parameters()).device
     ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    stop = {tokenizer.eos_id, tokenizer.bos_id}
+    yield from stream_text(model, tokenizer, ids, max_new_tokens, temperature, top_k, seed, mode, stop, stats)
+
+
+def stream_text(
+    model: LM,
+    tokenizer: Tokenizer,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+    mode: str | None,
+    stop: set[int],
+    stats: dict | None = None,
+    out: list[int] | None = None,
+) -> Iterator[str]:
+    """Continue the token ids `ids`, yielding text pieces that never split a UTF-8 character,
+    until a token of `stop` (not yielded) or `max_new_tokens`; the new ids are appended to `out`."""
+    device = next(model.parameters()).device
     gen = torch.Generator(device=device)
     if seed is not None:
         gen.manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out: list[int] = []
-    shown = ""
-    stop = {tokenizer.eos_id, tokenizer.bos_id}
+    out = [] if out is None else out
+    first, shown = len(out), ""
     runners: list = []
     if mode is not None:
         from adamba.model import elastic_runner
@@ -75,10 +93,10 @@ def generate_text(
         tokens = decode.generate(model, idx, max_new_tokens, temperature, top_k, stop, gen)
     for nxt in tokens:
         t = int(nxt[0])
-        if t in (tokenizer.eos_id, tokenizer.bos_id):
+        if t in stop:
             break
         out.append(t)
-        text = tokenizer.decode(out)
+        text = tokenizer.decode(out[first:])
         if not text.endswith("\ufffd"):  # wait for a complete UTF-8 character
             yield text[len(shown) :]
             shown = text
