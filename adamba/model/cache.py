@@ -116,3 +116,84 @@ class RowView:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.write_rows(self.rows, k, v)
+
+
+class PaddedKV:
+    """One attention layer's keys/values for rows of different lengths decoding together
+    (continuous batching, adamba/model/batch_decode.py): [batch, heads, L, head_dim], each row's
+    tokens right-aligned, row r's first `pad[r]` slots empty and masked out (`key_mask`).
+
+    All rows write their next token at slot L, rotated at the row's own position (`positions`),
+    so each row attends exactly as it would alone. Rows are prefilled alone into a KVCache, then
+    joined (`join`); finished rows leave (`keep`), and the columns every row leaves empty are cut."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor):
+        self.k, self.v, self.pad = k, v, pad  # pad: [batch] long
+        self.filled = k.shape[2]
+
+    @classmethod
+    def from_cache(cls, cache: KVCache) -> PaddedKV:
+        """A one-row PaddedKV of a prefilled KVCache (batch 1)."""
+        n = cache.length
+        pad = torch.zeros(1, dtype=torch.long, device=cache.device)
+        return cls(cache.k[:, :, :n].clone(), cache.v[:, :, :n].clone(), pad)
+
+    @property
+    def length(self) -> int:
+        return self.filled
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[batch]: each row's own position for its next token (its token count): the rotary
+        angle its query and key take, so cached keys (rotated at their true positions in the
+        prefill) keep their meaning wherever the row sits in the buffer."""
+        return self.filled - self.pad
+
+    def heads_for(self, n: int) -> int:
+        return self.k.shape[1]
+
+    def key_mask(self) -> torch.Tensor:
+        """[batch, 1, 1, L] True where a row has a key."""
+        pos = torch.arange(self.filled, device=self.k.device)
+        return (pos[None, :] >= self.pad[:, None])[:, None, None, :]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of one new token per row; returns every row's keys/values."""
+        need = self.filled + k.shape[2]
+        if need > self.k.shape[2]:  # grow by doubling: O(1) amortised per token
+            grow = max(need, 2 * self.k.shape[2]) - self.k.shape[2]
+            shape = (*self.k.shape[:2], grow, self.k.shape[3])
+            self.k = torch.cat([self.k, self.k.new_zeros(shape)], dim=2)
+            self.v = torch.cat([self.v, self.v.new_zeros(shape)], dim=2)
+        self.k[:, :, self.filled : need] = k
+        self.v[:, :, self.filled : need] = v
+        self.filled = need
+        return self.k[:, :, :need], self.v[:, :, :need]
+
+    def _left_pad(self, n: int) -> None:
+        """n more empty slots before every row (the others' tokens move right)."""
+        z = self.k.new_zeros((*self.k.shape[:2], n, self.k.shape[3]))
+        self.k = torch.cat([z, self.k[:, :, : self.filled]], dim=2)
+        self.v = torch.cat([z.clone(), self.v[:, :, : self.filled]], dim=2)
+        self.pad = self.pad + n
+        self.filled += n
+
+    def join(self, other: PaddedKV) -> None:
+        """Append `other`'s rows, right-aligned with these."""
+        if other.filled > self.filled:
+            self._left_pad(other.filled - self.filled)
+        elif other.filled < self.filled:
+            other._left_pad(self.filled - other.filled)
+        n = self.filled
+        self.k = torch.cat([self.k[:, :, :n], other.k[:, :, :n]])
+        self.v = torch.cat([self.v[:, :, :n], other.v[:, :, :n]])
+        self.pad = torch.cat([self.pad, other.pad])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices), and cut the leading slots none of them uses."""
+        self.pad = self.pad[rows]
+        cut = int(self.pad.min()) if len(rows) else self.filled
+        self.k = self.k[rows][:, :, cut : self.filled]
+        self.v = self.v[rows][:, :, cut : self.filled]
+        self.pad = self.pad - cut
+        self.filled -= cut

@@ -83,11 +83,20 @@ class Attention(nn.Module):
             mask = mask & (k_pos > q_pos - self.window)
         return mask
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Causal attention of T queries at the end of S keys (GQA: query head i reads KV head
         i // (heads / kv_heads)). One query per row on a CPU, where SDPA's kernel is slow for
-        many (row, KV head) pairs, takes grouped matmuls instead (`single_query_attention`)."""
+        many (row, KV head) pairs, takes grouped matmuls instead (`single_query_attention`).
+        key_mask [B, 1, 1, S]: the keys each row has (rows of different lengths batched)."""
         T, S = q.shape[2], k.shape[2]
+        if key_mask is not None:
+            mask = self._mask(T, S, q.device)
+            mask = key_mask if mask is None else key_mask & mask
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
+            )
         if T == 1 and single_query_pays(q, k):
             if 0 < self.window < S:  # the window: the last `window` keys
                 k, v = k[:, :, -self.window :], v[:, :, -self.window :]
@@ -110,7 +119,7 @@ class Attention(nn.Module):
         return hq, -(-hq // group)
 
     def project(
-        self, x: torch.Tensor, q_heads: int, kv_heads: int, offset: int = 0
+        self, x: torch.Tensor, q_heads: int, kv_heads: int, offset: int | torch.Tensor = 0
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """q for the first `q_heads` query heads ([B, q_heads, T, hd]; None when 0) and k, v for
         the first `kv_heads` KV heads ([B, kv_heads, T, hd]), QK-normed and rotated for positions
@@ -162,17 +171,20 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         hq, hkv = self.heads_at(width)
         n_store = hkv if cache is None else cache.heads_for(hkv)
-        offset = 0 if cache is None else cache.length
+        offset = 0 if cache is None else getattr(cache, "positions", cache.length)  # per row, or shared
         q, k, v = self.project(x, hq, n_store, offset)
+        key_mask = None
         if cache is not None:
             k, v = cache.append(k, v)
+            if hasattr(cache, "key_mask"):  # rows of different lengths (model/cache.py PaddedKV)
+                key_mask = cache.key_mask()
         if hkv < n_store:
             k, v = k[:, :hkv], v[:, :hkv]
         group = self.n_head // self.n_kv_head
         if hkv > 1 and hq != hkv * group:  # a partial last group: SDPA's i // (hq/hkv) map is wrong
             k = k.repeat_interleave(group, dim=1)[:, :hq]
             v = v.repeat_interleave(group, dim=1)[:, :hq]
-        y = self._attend(q, k, v)
+        y = self._attend(q, k, v, key_mask)
         if row_mask is not None:  # a row of a narrower width: its heads past that width give 0
             y = y * row_mask
         y = y.transpose(1, 2).reshape(B, T, hq * self.head_dim)

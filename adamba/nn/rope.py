@@ -21,13 +21,21 @@ class Rotary(nn.Module):
         self.register_buffer("sin", emb.sin(), persistent=False)
         self._cached_len = n
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """x: [batch, heads, seq, head_dim]; positions offset..offset+seq-1."""
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """x: [batch, heads, seq, head_dim]; positions offset..offset+seq-1, where `offset` is an
+        int, or a tensor [batch] of each row's own offset (rows of different lengths decoding
+        together)."""
         T = x.shape[-2]
-        if offset + T > self._cached_len:
-            self._build(max(offset + T, 2 * self._cached_len))
-        cos = self.cos[offset : offset + T].to(x.dtype)
-        sin = self.sin[offset : offset + T].to(x.dtype)
+        end = (int(offset.max()) if isinstance(offset, torch.Tensor) else offset) + T
+        if end > self._cached_len:
+            self._build(max(end, 2 * self._cached_len))
+        if isinstance(offset, torch.Tensor):
+            pos = offset[:, None] + torch.arange(T, device=offset.device)  # [batch, T]
+            cos = self.cos[pos][:, None].to(x.dtype)  # [batch, 1, T, head_dim]
+            sin = self.sin[pos][:, None].to(x.dtype)
+        else:
+            cos = self.cos[offset : offset + T].to(x.dtype)
+            sin = self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         rot = torch.cat([-x2, x1], dim=-1)
         return x * cos + rot * sin
