@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, train
+from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, serve, train
 from adamba.errors import AdambaError
 
 GROUPS = (
@@ -19,6 +19,7 @@ GROUPS = (
     estimate,
     sample,
     chat,
+    serve,
     evaluate,
     quickstart,
     data,
