@@ -13,9 +13,10 @@ character split across tokens, so a client never receives text it has to take ba
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
-import queue
 import threading
 import time
 import uuid
@@ -38,41 +39,36 @@ STATIC = Path(__file__).parent / "static"
 
 
 class _ModeStream:
-    """A compute-mode generation in a worker thread, read like a batcher Stream."""
+    """A compute-mode generation in a worker thread, handing its tokens to `sink` like the
+    batcher does (token ids, then None or an exception)."""
 
     lock = threading.Lock()  # one mode generation at a time (the elastic runner is per call)
 
-    def __init__(self, model: LM, tok: Tokenizer, ids: list[int], s: Sampling, mode: str):
-        self.out: queue.Queue = queue.Queue()
+    def __init__(self, model: LM, tok: Tokenizer, ids: list[int], s: Sampling, mode: str, sink):
         self.cancelled = False
-        threading.Thread(target=self._run, args=(model, tok, ids, s, mode), daemon=True).start()
+        threading.Thread(target=self._run, args=(model, tok, ids, s, mode, sink), daemon=True).start()
 
-    def _run(self, model, tok, ids, s, mode) -> None:
+    def _run(self, model, tok, ids, s, mode, sink) -> None:
         from adamba.serve.generate import stream_text
 
         got: list[int] = []
         try:
             with self.lock:
                 sent = 0
-                for _ in stream_text(
+                pieces = stream_text(
                     model, tok, ids, s.max_new_tokens, s.temperature, s.top_k, s.seed, mode, s.stop, out=got
-                ):
-                    while sent < len(got):
-                        self.out.put(got[sent])
-                        sent += 1
+                )
+                for _ in pieces:
+                    for t in got[sent:]:
+                        sink(t)
+                    sent = len(got)
                     if self.cancelled:
                         break
                 for t in got[sent:]:
-                    self.out.put(t)
-            self.out.put(None)
+                    sink(t)
+            sink(None)
         except BaseException as e:  # noqa: BLE001 - handed to the request
-            self.out.put(e)
-
-    def __iter__(self):
-        while (item := self.out.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            sink(e)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -80,11 +76,13 @@ class _ModeStream:
 
 @dataclass
 class Choice:
-    """One choice's progress: token ids so far and the text already sent."""
+    """One choice's progress: token ids so far, the text already sent, and a decoded prefix
+    (`k` ids, ending on a whole character) so each new token decodes only the tail."""
 
     ids: list[int] = field(default_factory=list)
     sent: str = ""
-    finish: str | None = None
+    k: int = 0
+    prefix: str = ""
 
 
 class TextCutter:
@@ -94,12 +92,20 @@ class TextCutter:
     def __init__(self, tok: Tokenizer, stop: list[str], skip: set[int]):
         self.tok, self.stop, self.skip = tok, stop, skip
 
-    def text(self, ids: list[int]) -> str:
+    def _decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i not in self.skip])
 
-    def safe(self, ids: list[int], final: bool) -> tuple[str, bool]:
+    def text(self, ids: list[int], memo: Choice | None = None) -> str:
+        if memo is None:
+            return self._decode(ids)
+        tail = self._decode(ids[memo.k :])
+        if not tail.endswith("\ufffd"):  # a whole character: later tokens cannot change it
+            memo.prefix, memo.k, tail = memo.prefix + tail, len(ids), ""
+        return memo.prefix + tail
+
+    def safe(self, ids: list[int], final: bool, memo: Choice | None = None) -> tuple[str, bool]:
         """(text that may be sent, whether a stop string was met)."""
-        text = self.text(ids)
+        text = self.text(ids, memo)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             return text[:cut], True
@@ -124,9 +130,13 @@ def create_app(
     api_key: str | None = None,
     timeout: float = 120.0,
     max_batch: int = 16,
+    threads: int = 1,
+    stream_interval: float = 0.02,
 ) -> FastAPI:
-    """The server as an ASGI app (run it with uvicorn; tests start it in a thread)."""
-    batcher = Batcher(model, max_batch)
+    """The server as an ASGI app (run it with uvicorn; tests start it in a thread). `threads`:
+    CPU threads of the decoding worker (see Batcher); `stream_interval`: the shortest time
+    between two streamed chunks of a request (tokens arriving meanwhile share a chunk)."""
+    batcher = Batcher(model, max_batch, threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -135,6 +145,7 @@ def create_app(
 
     app = FastAPI(title="adamba", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.batcher = batcher
+    app.state.stream_interval = stream_interval
     ctx = model.cfg.max_seq_len
     elastic = hasattr(model, "elastic")
     created = int(time.time())
@@ -215,7 +226,7 @@ def create_app(
             )
         return p.max_tokens or min(room, 256)
 
-    def start(ids: list[int], p: Params, budget: int, i: int):
+    def start(ids: list[int], p: Params, budget: int, i: int, sink):
         s = Sampling(
             budget,
             p.temperature,
@@ -225,30 +236,34 @@ def create_app(
             stop_ids(tok),
         )
         if p.mode is not None:
-            return _ModeStream(model, tok, ids, s, p.mode)
-        return batcher.submit(ids, s)
+            return _ModeStream(model, tok, ids, s, p.mode, sink)
+        return batcher.submit(ids, s, sink)
 
-    async def pump(streams: list, choices: list[Choice], deadline: float) -> AsyncIterator[int]:
-        """Move tokens from the worker threads into `choices`; yields the index of the choice that
-        grew (None when it finished). Blocking reads run off the event loop."""
+    async def pump(
+        starts: list, streams: list, choices: list[Choice], deadline: float
+    ) -> AsyncIterator[tuple]:
+        """Start each choice's generation (`starts`: functions of a sink) and move its tokens
+        into `choices`; yields (choice index, token or None when it finished, whether nothing
+        else is waiting now). The worker threads hand tokens to the event loop directly."""
         loop = asyncio.get_running_loop()
-        merged: asyncio.Queue = asyncio.Queue()
+        pending: collections.deque = collections.deque()  # (choice, token) from the worker threads
+        ready = asyncio.Event()
+        woken = [False]  # a wake-up is on its way: the workers need not send another
 
-        def reader(i: int, stream) -> None:
-            try:
-                for t in stream:
-                    loop.call_soon_threadsafe(merged.put_nowait, (i, t))
-                loop.call_soon_threadsafe(merged.put_nowait, (i, None))
-            except BaseException as e:  # noqa: BLE001
-                loop.call_soon_threadsafe(merged.put_nowait, (i, e))
+        def sink(i: int, x) -> None:  # runs in a worker thread
+            pending.append((i, x))
+            if not woken[0]:
+                woken[0] = True
+                loop.call_soon_threadsafe(ready.set)
 
-        for i, st in enumerate(streams):
-            threading.Thread(target=reader, args=(i, st), daemon=True).start()
+        for i, begin in enumerate(starts):
+            streams.append(begin(functools.partial(sink, i)))
         open_ = len(streams)
+        last_flush = 0.0
         while open_:
             left = deadline - time.monotonic()
             try:
-                i, t = await asyncio.wait_for(merged.get(), timeout=max(left, 0.001))
+                await asyncio.wait_for(ready.wait(), timeout=max(left, 0.001))
             except TimeoutError:
                 for st in streams:
                     st.cancel()
@@ -258,13 +273,24 @@ def create_app(
                     code="timeout",
                     kind="timeout",
                 ) from None
-            if isinstance(t, BaseException):
-                raise t
-            if t is None:
-                open_ -= 1
-            else:
-                choices[i].ids.append(t)
-            yield i, t
+            # at most one flush per stream_interval: tokens arriving meanwhile join the next one
+            wait = stream_interval - (time.monotonic() - last_flush)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            ready.clear()
+            woken[0] = False
+            batch = []
+            while pending:
+                batch.append(pending.popleft())
+            last_flush = time.monotonic()
+            for j, (i, t) in enumerate(batch):
+                if isinstance(t, BaseException):
+                    raise t
+                if t is None:
+                    open_ -= 1
+                else:
+                    choices[i].ids.append(t)
+                yield i, t, j == len(batch) - 1
 
     async def generate(request: Request, chat: bool):
         body = parse_json(await request.body())
@@ -275,13 +301,14 @@ def create_app(
             ids = [tok.bos_id] + tok.encode(req.prompt)
         budget = check(req, len(ids))
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        streams = [start(ids, req, budget, i) for i in range(req.n)]
-        choices = [Choice() for _ in streams]
+        streams: list = []  # filled by pump as it starts them
+        starts = [functools.partial(start, ids, req, budget, i) for i in range(req.n)]
+        choices = [Choice() for _ in starts]
         skip = {tok.special_id("<|tool_call|>"), tok.special_id("<|/tool_call|>")} if chat else set()
         cutter = TextCutter(tok, req.stop, skip)
         deadline = time.monotonic() + timeout
         tools = bool(chat and getattr(req, "tools", None))
-        args = (req, rid, streams, choices, cutter, deadline, len(ids), budget, chat, tools)
+        args = (req, rid, starts, streams, choices, cutter, deadline, len(ids), budget, chat, tools)
         if req.stream:
             return StreamingResponse(sse(*args), media_type="text/event-stream")
         return JSONResponse(await whole(*args))
@@ -301,11 +328,11 @@ def create_app(
         ]
         return msg.content, calls
 
-    async def whole(req, rid, streams, choices, cutter, deadline, n_prompt, budget, chat, tools):
+    async def whole(req, rid, starts, streams, choices, cutter, deadline, n_prompt, budget, chat, tools):
         stopped = [False] * len(choices)
-        async for i, t in pump(streams, choices, deadline):
+        async for i, t, _ in pump(starts, streams, choices, deadline):
             if t is not None and not stopped[i] and cutter.stop:
-                if cutter.safe(choices[i].ids, False)[1]:
+                if cutter.safe(choices[i].ids, False, choices[i])[1]:
                     stopped[i] = True
                     streams[i].cancel()
         out = []
@@ -338,7 +365,7 @@ def create_app(
             },
         }
 
-    async def sse(req, rid, streams, choices, cutter, deadline, n_prompt, budget, chat, tools):
+    async def sse(req, rid, starts, streams, choices, cutter, deadline, n_prompt, budget, chat, tools):
         obj = "chat.completion.chunk" if chat else "text_completion"
         created_at = int(time.time())
 
@@ -360,25 +387,29 @@ def create_app(
             for i in range(len(choices)):
                 yield chunk(i, "", extra={"role": "assistant"})
         stopped = [False] * len(choices)
-        calling: set[int] = set()  # choices writing a tool call: sent whole at the end
+        calling: dict[int, int] = {}  # choices writing a tool call -> where their text ends
         try:
-            async for i, t in pump(streams, choices, deadline):
-                c = choices[i]
-                if stopped[i] or i in calling:
+            dirty: dict[int, bool] = {}  # choices with new tokens -> finished
+            async for i, t, last in pump(starts, streams, choices, deadline):
+                if not stopped[i] and i not in calling:
+                    if tools and t == tok.special_id("<|tool_call|>"):
+                        calling[i] = len(choices[i].ids) - 1  # the text ends before the call
+                        dirty[i] = True
+                    else:
+                        dirty[i] = dirty.get(i, False) or t is None
+                if not last:  # more is already waiting: send it all in one chunk
                     continue
-                if tools and t == tok.special_id("<|tool_call|>"):
-                    calling.add(i)
-                    continue
-                if t is None:
-                    text, hit = cutter.safe(c.ids, True)
-                else:
-                    text, hit = cutter.safe(c.ids, False)
-                if len(text) > len(c.sent):
-                    yield chunk(i, text[len(c.sent) :])
-                    c.sent = text
-                if hit:
-                    stopped[i] = True
-                    streams[i].cancel()
+                for j, final in dirty.items():
+                    c = choices[j]
+                    ids = c.ids[: calling[j]] if j in calling else c.ids
+                    text, hit = cutter.safe(ids, final, c)
+                    if len(text) > len(c.sent):
+                        yield chunk(j, text[len(c.sent) :])
+                        c.sent = text
+                    if hit:
+                        stopped[j] = True
+                        streams[j].cancel()
+                dirty = {}
         except APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
             yield "data: [DONE]\n\n"

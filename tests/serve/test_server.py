@@ -215,13 +215,15 @@ def test_tool_calls(served, monkeypatch):
     canned = tok.encode("Sure.") + [sp("<|tool_call|>")] + call + [sp("<|/tool_call|>")]
 
     class Canned:
-        def __iter__(self):
-            return iter(canned)
-
         def cancel(self):
             pass
 
-    monkeypatch.setattr(Batcher, "submit", lambda self, ids, s: Canned())
+    def submit(self, ids, s, sink=None):
+        for t in canned + [None]:
+            sink(t)
+        return Canned()
+
+    monkeypatch.setattr(Batcher, "submit", submit)
     model = copy.copy(served[2])  # the tool specs do not fit the tiny model's 32 tokens: a longer context
     model.cfg = dataclasses.replace(model.cfg, max_seq_len=1024)
     srv = Server(create_app(model, tok, "el"))
