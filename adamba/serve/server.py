@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adamba.data.template import parse_reply, render, stop_ids
-from adamba.data.tokenizer import Tokenizer
+from adamba.data.tokenizer import N_SPECIAL, Tokenizer
 from adamba.model.elastic import MODES
 from adamba.model.lm import LM
 from adamba.serve.batcher import Batcher, Sampling
@@ -304,8 +304,7 @@ def create_app(
         streams: list = []  # filled by pump as it starts them
         starts = [functools.partial(start, ids, req, budget, i) for i in range(req.n)]
         choices = [Choice() for _ in starts]
-        skip = {tok.special_id("<|tool_call|>"), tok.special_id("<|/tool_call|>")} if chat else set()
-        cutter = TextCutter(tok, req.stop, skip)
+        cutter = TextCutter(tok, req.stop, set(range(N_SPECIAL)))  # control tokens are not text
         deadline = time.monotonic() + timeout
         tools = bool(chat and getattr(req, "tools", None))
         args = (req, rid, starts, streams, choices, cutter, deadline, len(ids), budget, chat, tools)
