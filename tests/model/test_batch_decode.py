@@ -69,7 +69,9 @@ def test_rows_joining_and_leaving_decode_as_alone(pattern, window):
         dec.remove(done)
     for i in prompts:
         assert len(got[i]) == steps[i], i
-        torch.testing.assert_close(torch.stack(got[i]), torch.stack(want[i][1]), rtol=1e-7, atol=1e-7)  # fp64; summation order differs
+        torch.testing.assert_close(
+            torch.stack(got[i]), torch.stack(want[i][1]), rtol=1e-7, atol=1e-7
+        )  # fp64; summation order differs
     assert len(dec) == 0
 
 
