@@ -54,7 +54,7 @@ def markdown(scores: list[Score], title: str) -> str:
             f"| {s.task} | {s.metric} | {s.value:.4f} | {s.stderr:.4f} | {lo:.3f}-{hi:.3f} | "
             f"{s.baseline:.4f} | {s.centred:+.4f} | {s.n} |"
         )
-    core = [s.centred for s in scores if s.metric in ("acc", "acc_norm", "exact_match")]
+    core = [s.centred for s in scores if s.metric in ("acc_norm", "acc_letter", "exact_match", "pass@2")]
     if core:
         lines += ["", f"Mean centred score over {len(core)} task(s): {sum(core) / len(core):+.4f}"]
     return "\n".join(lines) + "\n"

@@ -71,7 +71,7 @@ def test_gsm8k_pipeline(dense):
 
 
 def test_report_card(tmp_path):
-    s = [report.Score("arc_easy", "acc", 0.5, 100, 0.25), report.Score("gsm8k", "exact_match", 0.1, 10, 0.0)]
+    s = [report.Score("arc_easy", "acc_norm", 0.5, 100, 0.25), report.Score("gsm8k", "exact_match", 0.1, 10, 0.0)]
     assert s[0].stderr == pytest.approx(0.05) and s[0].ci95 == pytest.approx((0.402, 0.598))
     assert s[0].centred == pytest.approx(1 / 3)
     j, m = report.write(tmp_path, s, "card")
@@ -80,7 +80,7 @@ def test_report_card(tmp_path):
         "stderr"
     ] == pytest.approx(0.0949, abs=1e-4)
     md = m.read_text()
-    assert "| arc_easy | acc | 0.5000 | 0.0500 | 0.402-0.598 | 0.2500 | +0.3333 | 100 |" in md
+    assert "| arc_easy | acc_norm | 0.5000 | 0.0500 | 0.402-0.598 | 0.2500 | +0.3333 | 100 |" in md
     assert "Mean centred score over 2 task(s)" in md
 
 

@@ -50,14 +50,16 @@ def _hellaswag(r: dict) -> MCItem:
 
 
 def _generic(r: dict) -> MCItem:
-    """{"context" or "question", "choices": [...], "answer": index or letter}."""
+    """{"question", "choices": [...], "answer": index or letter} (asked as "Question: ...
+    Answer:", each choice after a space), or {"context", "choices", "answer"} (a continuation:
+    context and choices verbatim)."""
     q = r.get("context", r.get("question"))
     ans = r["answer"]
     gold = LETTERS.index(ans) if isinstance(ans, str) and ans in LETTERS else int(ans)
-    ctx = q if "context" in r else f"Question: {q}\nAnswer:"
-    return MCItem(
-        ctx, [c if c.startswith(" ") else f" {c}" for c in r["choices"]], gold, r.get("question", q)
-    )
+    if "context" in r:
+        return MCItem(q, list(r["choices"]), gold, r.get("question", q))
+    choices = [c if c.startswith(" ") else f" {c}" for c in r["choices"]]
+    return MCItem(f"Question: {q}\nAnswer:", choices, gold, q)
 
 
 def items(task: str, recs: list[dict]) -> list[MCItem]:
