@@ -292,3 +292,28 @@ def test_serve_command_errors(tmp_path, capsys):
     )
     assert "--timeout" in cli_error(capsys, "serve", "--ckpt", str(tmp_path), "--timeout", "0")
     assert str(tmp_path / "none") in cli_error(capsys, "serve", "--ckpt", str(tmp_path / "none"))
+
+
+def test_request_timeout(served, monkeypatch):
+    """Past --timeout a request gets a 504 error object (streamed: an error event, then [DONE]),
+    its generation is cancelled, and the server keeps serving."""
+    from adamba.model.batch_decode import BatchDecoder
+
+    real = BatchDecoder.step
+    monkeypatch.setattr(BatchDecoder, "step", lambda self, t: time.sleep(0.05) or real(self, t))
+    _, tok, model = served
+    srv = Server(create_app(model, tok, "el", timeout=0.3))
+    try:
+        body = {"prompt": "x", "max_tokens": 25, "temperature": 1.0}
+        r = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        with httpx.stream(
+            "POST", srv.url + "/v1/completions", json={**body, "stream": True}, timeout=30
+        ) as r:
+            lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+        assert "timeout" in lines[-2] and lines[-1] == "data: [DONE]"
+        monkeypatch.setattr(BatchDecoder, "step", real)
+        ok = httpx.post(srv.url + "/v1/completions", json={**body, "max_tokens": 3}, timeout=30)
+        assert ok.status_code == 200
+    finally:
+        srv.stop()
