@@ -21,7 +21,15 @@ def run(args: argparse.Namespace) -> None:
         lines = run_every(args.ckpt, tasks, args.data, args.batches, args.limit, args.fewshot, args.out)
     else:
         lines = run_eval(
-            args.ckpt, tasks, args.data, args.batches, args.decode_batch, args.limit, args.fewshot, args.out
+            args.ckpt,
+            tasks,
+            args.data,
+            args.batches,
+            args.decode_batch,
+            args.limit,
+            args.fewshot,
+            args.out,
+            chat=args.chat,
         )
     for line in lines:
         print(line)
@@ -60,6 +68,11 @@ def register(sub) -> None:
     e.add_argument("--fewshot", type=int, default=5, help="gsm8k: solved examples before each question")
     e.add_argument("--out", help="folder for results.json + report.md (--every: every.json/.md/.png)")
     e.add_argument("--every", action="store_true", help="evaluate every checkpoint of the run directory")
+    e.add_argument(
+        "--chat",
+        action="store_true",
+        help="multiple choice as a chat question with lettered options, scored by the letter (chat models)",
+    )
     e.add_argument(
         "--decode-batch",
         type=int,

@@ -74,9 +74,17 @@ class Progress:
 
 
 def score_tasks(
-    model, tokenizer, tasks: list[str], named: dict[str, str], limit: int | None, fewshot: int, bar: Progress
+    model,
+    tokenizer,
+    tasks: list[str],
+    named: dict[str, str],
+    limit: int | None,
+    fewshot: int,
+    bar: Progress,
+    chat: bool = False,
 ) -> tuple[list[report.Score], dict]:
-    """The report-card tasks (multiple choice, GSM8K) on a loaded model."""
+    """The report-card tasks (multiple choice, GSM8K, ARC-AGI) on a loaded model; `chat`: ask
+    multiple choice as a chat question with lettered options (chat-tuned models)."""
     from adamba.eval.tasks import mc, records
 
     scores, samples = [], {}
@@ -85,9 +93,12 @@ def score_tasks(
             its = mc.items(t, records(t, named.get(t)))[:limit]
             if not its:
                 raise AdambaError(f"task {t}: no items")
-            scores += mc.score(
-                t, model, tokenizer, its, progress=bar.task(t, sum(len(i.choices) for i in its))
-            )
+            if chat:
+                scores.append(mc.score_letters(t, model, tokenizer, its))
+            else:
+                scores += mc.score(
+                    t, model, tokenizer, its, progress=bar.task(t, sum(len(i.choices) for i in its))
+                )
         elif t == "gsm8k":
             from adamba.eval.tasks import gsm8k
 
@@ -122,6 +133,7 @@ def run_eval(
     fewshot: int = 5,
     out: str | None = None,
     progress: bool = True,
+    chat: bool = False,
 ) -> list[str]:
     """Every argument is checked before the checkpoint is read (named as `adamba eval`'s flags):
     0 batches would score nothing and print a bits/byte of 0."""
@@ -140,7 +152,7 @@ def run_eval(
         lines += efficiency_lines(model, tokenizer, ckpt, plain or None, batches, decode_batch)
     bar = Progress(progress)
     try:
-        scores, samples = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar)
+        scores, samples = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar, chat)
     finally:
         bar.close()
     if scores:

@@ -71,7 +71,10 @@ def test_gsm8k_pipeline(dense):
 
 
 def test_report_card(tmp_path):
-    s = [report.Score("arc_easy", "acc_norm", 0.5, 100, 0.25), report.Score("gsm8k", "exact_match", 0.1, 10, 0.0)]
+    s = [
+        report.Score("arc_easy", "acc_norm", 0.5, 100, 0.25),
+        report.Score("gsm8k", "exact_match", 0.1, 10, 0.0),
+    ]
     assert s[0].stderr == pytest.approx(0.05) and s[0].ci95 == pytest.approx((0.402, 0.598))
     assert s[0].centred == pytest.approx(1 / 3)
     j, m = report.write(tmp_path, s, "card")
@@ -109,6 +112,19 @@ def test_eval_cli_one_checkpoint_and_every(elastic_run, tmp_path, capsys):
         "arc_easy"
     ] * 2 + ["mc"] * 2
     assert (out / "report.md").read_text().startswith("# adamba eval")
+    main(
+        [
+            "eval",
+            "--ckpt",
+            str(elastic_run / "dense"),
+            "--tasks",
+            "mc",
+            "--chat",
+            "--data",
+            f"mc={DATA / 'mc_tiny.jsonl'}",
+        ]
+    )
+    assert "| mc | acc_letter |" in capsys.readouterr().out
     # every checkpoint of the elastic run (steps 4 and 6: Matryoshka, then gate calibration)
     every = tmp_path / "every"
     main(
