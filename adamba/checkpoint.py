@@ -271,9 +271,15 @@ def read_checkpoint(path: str | Path, full: bool = True) -> Checkpoint:
     return Checkpoint(ckpt, cfg, state)
 
 
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def load_weights(model: torch.nn.Module, ckpt: Checkpoint, fresh: tuple[str, ...] = ()) -> None:
+    """The checkpoint's weights into `model`, every key matched; parameters whose names start
+    with a prefix in `fresh` may be missing from the checkpoint and keep their initial values
+    (a dense checkpoint starting an elastic run: its heads are new)."""
     try:
-        st_load_model(model, str(ckpt.path / WEIGHTS), strict=True)
+        missing, unexpected = st_load_model(model, str(ckpt.path / WEIGHTS), strict=not fresh)
+        bad = [k for k in missing if not k.startswith(fresh)] + list(unexpected)
+        if bad:
+            raise RuntimeError(f"keys not matched: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}")
     except SafetensorError as e:
         first = str(e).strip().splitlines()[0]
         raise AdambaError(f"{ckpt.path / WEIGHTS} is not a readable safetensors file: {first}") from e

@@ -253,6 +253,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
+    init_from: str = ""  # a checkpoint (run dir or folder) whose weights start a fresh run (after surgery)
     max_minutes: float = 0.0  # > 0: after a few steps, shrink max_steps to fit this wall-clock budget
     lr: float = 3e-3
     schedule: str = "cosine"  # "cosine", "wsd" or "constant" (after the warm-up)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, serve, train
+from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, serve, surgery, train
 from adamba.errors import AdambaError
 
 GROUPS = (
@@ -21,6 +21,7 @@ GROUPS = (
     chat,
     serve,
     evaluate,
+    surgery,
     quickstart,
     data,
 )  # the order `adamba --help` lists them in

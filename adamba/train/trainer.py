@@ -195,6 +195,28 @@ class Trainer:
             )
         return ckpt
 
+    def _read_init(self) -> ck.Checkpoint:
+        """train.init_from: a checkpoint whose weights start this fresh run (its optimizer, step
+        and data position are not taken): the model after surgery, say."""
+        src = self.cfg.train.init_from
+        try:
+            init = ck.read_checkpoint(src)
+        except AdambaError as e:
+            raise AdambaError(f"train.init_from={src}: {e}") from e
+        old, new = dataclasses.asdict(init.cfg.model), dataclasses.asdict(self.cfg.model)
+        diff = [k for k in new if old.get(k) != new[k] and k != "max_seq_len"]
+        if diff:
+            detail = ", ".join(f"model.{k}: checkpoint {old.get(k)!r} vs config {new[k]!r}" for k in diff[:4])
+            raise AdambaError(
+                f"train.init_from={src}: the model config differs from the checkpoint's ({detail}); "
+                "train the checkpoint's model (copy its [model] table)"
+            )
+        if init.cfg.elastic.enabled != self.cfg.elastic.enabled and init.cfg.elastic.enabled:
+            raise AdambaError(
+                f"train.init_from={src} holds elastic heads; set elastic.enabled=true to train it"
+            )
+        return init
+
     def _restore_plan(self, state: dict) -> None:
         """Phase lengths from the checkpoint where the config still asks for what it did (a time
         budget's length stays; a phase the user lengthened takes the new length); the phases up
@@ -237,6 +259,9 @@ class Trainer:
             self._open_loader(ph, prefetch=0).close()
         if cfg.data.val:
             self._val_loader(verify=True)
+        if ckpt is None and cfg.train.init_from:
+            init = self._read_init()
+            ck.load_weights(self.model, init, fresh=("elastic.",) if not init.cfg.elastic.enabled else ())
         if ckpt is not None:
             ck.load_weights(self.model, ckpt)  # before sharding: FSDP2 shards the loaded weights
         if self.dist.parallel == "fsdp":

@@ -1,0 +1,52 @@
+"""`adamba surgery ...`: grow a trained checkpoint without changing what it computes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from adamba.errors import AdambaError
+
+
+def parse_at(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise AdambaError(f"--at {text!r}: give block indices separated by commas, e.g. --at 1,3") from None
+
+
+def inject(args: argparse.Namespace) -> None:
+    from adamba.surgery.inject import inject_checkpoint
+
+    path = inject_checkpoint(args.ckpt, args.out, parse_at(args.at), args.overwrite)
+    rec = json.loads((path.parent.parent / "surgery.json").read_text())
+    print(
+        f"inject-mamba: {rec['params_before']:,} -> {rec['params_after']:,} params, pattern {rec['pattern']}, "
+        f"new blocks {rec['new_blocks']}, max |logit change| {rec['max_abs_logit_diff']:.1e} -> {path}\n"
+        f"train the new layers: adamba train --config ... --set train.init_from={args.out} "
+        f'--set model.pattern={rec["pattern"]} --set model.n_layer={len(rec["pattern"])} (phase train = ["@M"])'
+    )
+
+
+def register(sub) -> None:
+    s = sub.add_parser(
+        "surgery", help="grow a checkpoint without changing its function: inject Mamba2 layers"
+    )
+    sub = s.add_subparsers(dest="surgery_command", required=True, metavar="COMMAND")
+    i = sub.add_parser(
+        "inject-mamba",
+        help="insert Mamba2 layers whose output starts at zero (the logits stay the same)",
+        description="Insert a Mamba2 layer after each of the given blocks. The new layers' output "
+        "projections start at zero, so the grown model computes exactly what the old one did (checked "
+        'on a batch before anything is written); train them with a phase of train = ["@M"]. Writes '
+        "OUT/checkpoints/step_000000 (with the tokenizer) and OUT/surgery.json.",
+    )
+    i.add_argument(
+        "--ckpt", required=True, help="run directory or checkpoint folder (a model without elastic heads)"
+    )
+    i.add_argument("--out", required=True, help="run directory for the grown checkpoint")
+    i.add_argument("--at", help="block indices to insert after, e.g. 1,3 (default: after every second block)")
+    i.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    i.set_defaults(func=inject)
