@@ -20,13 +20,14 @@ def parse_at(text: str | None) -> list[int] | None:
 def inject(args: argparse.Namespace) -> None:
     from adamba.surgery.inject import inject_checkpoint
 
-    path = inject_checkpoint(args.ckpt, args.out, parse_at(args.at), args.overwrite)
+    kind = getattr(args, "kind", "M")
+    path = inject_checkpoint(args.ckpt, args.out, parse_at(args.at), args.overwrite, kind)
     rec = json.loads((path.parent.parent / "surgery.json").read_text())
     print(
-        f"inject-mamba: {rec['params_before']:,} -> {rec['params_after']:,} params, pattern {rec['pattern']}, "
+        f"{rec['surgery']}: {rec['params_before']:,} -> {rec['params_after']:,} params, pattern {rec['pattern']}, "
         f"new blocks {rec['new_blocks']}, max |logit change| {rec['max_abs_logit_diff']:.1e} -> {path}\n"
         f"train the new layers: adamba train --config ... --set train.init_from={args.out} "
-        f'--set model.pattern={rec["pattern"]} --set model.n_layer={len(rec["pattern"])} (phase train = ["@M"])'
+        f'--set model.pattern={rec["pattern"]} --set model.n_layer={len(rec["pattern"])} (phase train = ["@{kind}"])'
     )
 
 
@@ -50,3 +51,15 @@ def register(sub) -> None:
     i.add_argument("--at", help="block indices to insert after, e.g. 1,3 (default: after every second block)")
     i.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     i.set_defaults(func=inject)
+    d = sub.add_parser(
+        "deepen",
+        help="insert identity-initialised blocks (attention, Mamba2 or KDA): the logits stay the same",
+        description="Insert a block of --kind after each of the given blocks, its output projections "
+        "at zero so the deeper model computes what the old one did (checked before writing).",
+    )
+    d.add_argument("--ckpt", required=True, help="run directory or checkpoint folder")
+    d.add_argument("--out", required=True, help="run directory for the deeper checkpoint")
+    d.add_argument("--kind", choices=["A", "M", "K"], default="A", help="the new blocks' mixer (default A)")
+    d.add_argument("--at", help="block indices to insert after (default: after every second block)")
+    d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    d.set_defaults(func=inject)

@@ -27,15 +27,17 @@ def default_positions(n_layer: int) -> list[int]:
     return list(range(1, n_layer, 2))
 
 
-def grown_config(cfg: ModelConfig, after: list[int]) -> tuple[ModelConfig, list[int], list[int]]:
-    """The config with an M layer after each block index in `after`, and (new index of every old
-    block, indices of the new blocks)."""
+def grown_config(
+    cfg: ModelConfig, after: list[int], kind: str = "M"
+) -> tuple[ModelConfig, list[int], list[int]]:
+    """The config with a `kind` layer (A, M or K) after each block index in `after`, and (new
+    index of every old block, indices of the new blocks)."""
     kinds = cfg.layer_types()
     bad = [i for i in after if not 0 <= i < len(kinds)]
     if bad or len(set(after)) != len(after) or not after:
         raise AdambaError(
             f"--at {','.join(map(str, after)) or '(empty)'}: give distinct block indices in 0..{len(kinds) - 1} "
-            "to insert a Mamba2 layer after"
+            f"to insert a {kind} layer after"
         )
     pattern, old_at, new_at = [], [], []
     for i, k in enumerate(kinds):
@@ -43,22 +45,34 @@ def grown_config(cfg: ModelConfig, after: list[int]) -> tuple[ModelConfig, list[
         pattern.append(k)
         if i in after:
             new_at.append(len(pattern))
-            pattern.append("M")
+            pattern.append(kind)
     new = dataclasses.replace(cfg, pattern="".join(pattern), n_layer=len(pattern))
     return new.validate(), old_at, new_at
 
 
+def zero_output(block) -> None:
+    """Make a block add nothing to the residual stream: its mixer's output projection and its
+    feed-forward's down projection at zero (the gradient reaches them at once)."""
+    mixer = block.mixer
+    (mixer.out_proj if hasattr(mixer, "out_proj") else mixer.o_proj).weight.zero_()
+    if block.mlp is not None:
+        block.mlp.w_down.weight.zero_()
+
+
 @torch.no_grad()
-def inject_mamba(model: LM, after: list[int] | None = None, seed: int = 0) -> tuple[LM, dict]:
-    """(the grown model, a record of the surgery). The new blocks are freshly initialised (seeded)
-    except their output projections, which are zero."""
+def inject_mamba(
+    model: LM, after: list[int] | None = None, seed: int = 0, kind: str = "M"
+) -> tuple[LM, dict]:
+    """(the grown model, a record of the surgery). The new blocks (Mamba2 by default; `kind` A or
+    K deepens with attention or KDA blocks) are freshly initialised (seeded) except their output
+    projections, which are zero."""
     if hasattr(model, "elastic"):
         raise AdambaError(
             "inject-mamba takes a model without elastic heads (their gates are per layer): inject before "
             "Matryoshka training, as the plan does"
         )
     after = default_positions(model.cfg.n_layer) if after is None else after
-    cfg, old_at, new_at = grown_config(model.cfg, after)
+    cfg, old_at, new_at = grown_config(model.cfg, after, kind)
     torch.manual_seed(seed)
     grown = LM(cfg).to(next(model.parameters()).device)
     old = model.state_dict()
@@ -70,9 +84,7 @@ def inject_mamba(model: LM, after: list[int] | None = None, seed: int = 0) -> tu
         moved[k] = v
     for j in new_at:
         b = grown.blocks[j]
-        b.mixer.out_proj.weight.zero_()
-        if b.mlp is not None:
-            b.mlp.w_down.weight.zero_()
+        zero_output(b)
         moved.update({f"blocks.{j}.{k}": v for k, v in b.state_dict().items()})
     grown.load_state_dict(moved, strict=True)  # every key placed: nothing dropped by shape
     x = torch.randint(
@@ -80,9 +92,9 @@ def inject_mamba(model: LM, after: list[int] | None = None, seed: int = 0) -> tu
     )
     diff = float((model.eval()(x)[0] - grown.eval()(x)[0]).abs().max())
     if diff > 1e-6:  # what a silent key drop or a scrambled copy would show
-        raise AdambaError(f"inject-mamba changed the model's logits by {diff:.3g}; nothing written")
+        raise AdambaError(f"the surgery changed the model's logits by {diff:.3g}; nothing written")
     record = {
-        "surgery": "inject-mamba",
+        "surgery": "inject-mamba" if kind == "M" else f"deepen-{kind}",
         "after_blocks": after,
         "new_blocks": new_at,
         "old_block_moves": {str(i): j for i, j in enumerate(old_at)},
@@ -95,7 +107,7 @@ def inject_mamba(model: LM, after: list[int] | None = None, seed: int = 0) -> tu
 
 
 def inject_checkpoint(
-    ckpt_path: str, out: str, after: list[int] | None = None, overwrite: bool = False
+    ckpt_path: str, out: str, after: list[int] | None = None, overwrite: bool = False, kind: str = "M"
 ) -> Path:
     """Read a checkpoint (run directory or checkpoint folder), inject, and write the grown model
     as checkpoint step 0 of the run directory `out` (with the tokenizer and surgery.json), ready
@@ -108,7 +120,7 @@ def inject_checkpoint(
             raise AdambaError(f"{dst} is not empty; choose another --out or pass --overwrite")
         shutil.rmtree(dst)
     model, _, ckpt = load_model(ckpt_path)
-    grown, record = inject_mamba(model, after)
+    grown, record = inject_mamba(model, after, kind=kind)
     cfg = dataclasses.replace(ckpt.cfg, model=grown.cfg)
     record["from"] = str(ckpt.path)
     path = save_checkpoint(dst, 0, grown, cfg, ckpt.tokenizer_path, state={"surgery": record})

@@ -123,3 +123,29 @@ def test_a_dense_checkpoint_starts_an_elastic_model(dense, tmp_path):
     load_weights(model, ck, fresh=("elastic.",))
     saved = load_file(str(ck.path / "model.safetensors"))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("kind", ["A", "K"])
+def test_deepen_with_identity_blocks(dense, tmp_path, kind, capsys):
+    from adamba.cli import main
+
+    main(
+        [
+            "surgery",
+            "deepen",
+            "--ckpt",
+            str(dense),
+            "--out",
+            str(tmp_path / "deep"),
+            "--kind",
+            kind,
+            "--at",
+            "0",
+        ]
+    )
+    assert f"deepen-{kind}" in capsys.readouterr().out
+    model, _, _ = load_model(dense)
+    deep, _, _ = load_model(tmp_path / "deep")
+    assert deep.cfg.pattern == f"A{kind}AAA" and deep.cfg.n_layer == 5
+    x = torch.randint(0, model.cfg.vocab_size, (2, 24))
+    assert torch.equal(model(x)[0], deep(x)[0])
