@@ -88,6 +88,19 @@ class MLPConfig:
 
 
 @dataclass
+class MoEConfig:
+    """[model.moe]: the mixture-of-experts feed-forward of layers with ffn "moe" (GPT-OSS style,
+    adamba/nn/moe.py)."""
+
+    n_experts: int = 8
+    top_k: int = 2
+    ratio: float = 0.0  # expert hidden = round(ratio * d_model); 0: the MLP's hidden size
+    aux_weight: float = 0.01  # load-balancing loss weight (transformers' router_aux_loss_coef)
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+
+
+@dataclass
 class MambaConfig:
     """[model.mamba]: Mamba2 (M layers); names follow transformers' Mamba2Config."""
 
@@ -128,6 +141,14 @@ TABLE_RANGES = {
     "mlp": {"ratio": "> 0"},
     "mamba": {k: ">= 1" for k in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size")},
     "kda": {"n_head": ">= 0", "head_dim": ">= 0", "conv": ">= 1", "chunk_size": ">= 1"},
+    "moe": {
+        "n_experts": ">= 1",
+        "top_k": ">= 1",
+        "ratio": ">= 0",
+        "aux_weight": ">= 0",
+        "swiglu_alpha": "> 0",
+        "swiglu_limit": "> 0",
+    },
 }
 
 
@@ -137,7 +158,9 @@ class ModelConfig:
     d_model: int = 256
     n_layer: int = 4
     pattern: str = "A"  # layer mixers, repeated to n_layer: A attention, M Mamba2, K KDA
-    ffn: str = "mlp"  # feed-forward per layer: "mlp" or "none"; a string of letters D/N repeats too
+    ffn: str = (
+        "mlp"  # feed-forward per layer: "mlp", "moe" or "none"; letters D/E/N (dense/experts/none) repeat too
+    )
     # embeddings, norms, init
     tie_embeddings: bool = False
     max_seq_len: int = 1024  # initial RoPE table length; the tables grow on demand, so not a limit
@@ -149,6 +172,7 @@ class ModelConfig:
     mlp: MLPConfig = field(default_factory=MLPConfig)
     mamba: MambaConfig = field(default_factory=MambaConfig)
     kda: KDAConfig = field(default_factory=KDAConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def layer_types(self) -> list[str]:
         """The mixer letter of every layer: the pattern repeated and cut to n_layer."""
@@ -156,10 +180,11 @@ class ModelConfig:
 
     def layer_ffns(self) -> list[str]:
         """'mlp' or 'none' per layer (M layers follow mamba.ffn)."""
-        if self.ffn in ("mlp", "none"):
+        if self.ffn in ("mlp", "moe", "none"):
             base = [self.ffn] * self.n_layer
         else:
-            base = ["mlp" if c == "D" else "none" for c in _repeat(self.ffn, self.n_layer, "model.ffn", "DN")]
+            letter = {"D": "mlp", "E": "moe", "N": "none"}
+            base = [letter[c] for c in _repeat(self.ffn, self.n_layer, "model.ffn", "DEN")]
         return [self.mamba.ffn if t == "M" else f for t, f in zip(self.layer_types(), base)]
 
     def validate(self) -> ModelConfig:
@@ -189,6 +214,10 @@ class ModelConfig:
             self._check_attention()
         if "M" in kinds:
             self._check_mamba()
+        if "moe" in ffns and self.moe.top_k > self.moe.n_experts:
+            raise AdambaError(
+                f"model.moe.top_k={self.moe.top_k} must be <= model.moe.n_experts={self.moe.n_experts}"
+            )
         if "mlp" in ffns and round(self.mlp.ratio * self.d_model) < 1:
             raise AdambaError(
                 f"model.mlp.ratio={self.mlp.ratio} gives an MLP of 0 units at model.d_model={self.d_model}; "

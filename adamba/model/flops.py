@@ -41,7 +41,9 @@ def layer_flops(block: nn.Module, d_model: int, width: float, ctx: int, kv_heads
         f = attention_flops(block.mixer, d_model, hq, hkv if kv_heads is None else kv_heads, ctx)
     else:
         f = mixer_matmul_flops(block.mixer)
-    if block.mlp is not None:
+    if block.mlp is not None and hasattr(block.mlp, "n_experts"):
+        f += moe_flops(d_model, block.mlp.hidden, block.mlp.top_k, block.mlp.n_experts)
+    elif block.mlp is not None:
         f += mlp_flops(block.mlp, d_model, block.mlp.units_at(width))
     return f
 
@@ -172,7 +174,14 @@ def block_matmuls(
             if p.ndim >= 2 and n.split(".")[-2] in INPUT_MATRICES
         )
         out = {"mixer": (mixer_matmul_flops(block.mixer), scan_flops(block.mixer), float(inp))}
-    if block.mlp is not None:
+    if block.mlp is not None and hasattr(block.mlp, "n_experts"):  # an MoE layer of the model
+        m = block.mlp
+        out["mlp"] = (
+            moe_flops(d_model, m.hidden, m.top_k, m.n_experts),
+            0.0,
+            2.0 * d_model * m.n_experts + m.top_k * 4.0 * d_model * m.hidden,
+        )
+    elif block.mlp is not None:
         units = block.mlp.units_at(width)
         ups = 2 if block.mlp.act == "swiglu" else 1  # up (+ gate) read the input, down does not
         if moe is None:

@@ -11,8 +11,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adamba.config import ModelConfig
+from adamba.errors import AdambaError
 from adamba.model.cache import KVCache
 from adamba.nn.mlp import MLP
+from adamba.nn.moe import MoE, balance_loss
 from adamba.nn.norm import RMSNorm
 from adamba.nn.roles import ROLES, param_roles
 from adamba.ops.linear_ce import linear_cross_entropy
@@ -43,8 +45,8 @@ class Block(nn.Module):
         self.kind = kind
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = build_mixer(kind, cfg, layer_idx)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn == "mlp" else None
-        self.mlp = MLP(cfg) if ffn == "mlp" else None
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn in ("mlp", "moe") else None
+        self.mlp = MLP(cfg) if ffn == "mlp" else moe_layer(cfg) if ffn == "moe" else None
         # activation checkpointing (train.activation_checkpointing): keep only the block's input
         # for backward and recompute the rest, trading ~one more forward for activation memory
         self.checkpointing = False
@@ -61,8 +63,18 @@ class Block(nn.Module):
         else:
             x = x + self.mixer(self.norm1(x), state)
         if self.mlp is not None:
+            if width < 1.0 and isinstance(self.mlp, MoE):
+                raise AdambaError(
+                    "Matryoshka widths of MoE layers are not supported yet (elastic with model.ffn=moe)"
+                )
             x = x + (self.mlp(self.norm2(x), width) if width < 1.0 else self.mlp(self.norm2(x)))
         return x
+
+
+def moe_layer(cfg: ModelConfig) -> MoE:
+    m = cfg.moe
+    hidden = round(m.ratio * cfg.d_model) if m.ratio > 0 else round(cfg.mlp.ratio * cfg.d_model)
+    return MoE(cfg.d_model, m.n_experts, m.top_k, hidden, m.swiglu_alpha, m.swiglu_limit)
 
 
 class LM(nn.Module):
@@ -143,12 +155,25 @@ class LM(nn.Module):
         Training (targets given, gradients on) takes the fused head + loss and returns logits
         None: the [B,T,V] logits are never materialised whole (adamba/ops/linear_ce.py)."""
         h = self.hidden(idx, state, widths)
+        self.aux_loss = self._moe_aux() if targets is not None else None
         if targets is not None and torch.is_grad_enabled():
-            return None, linear_cross_entropy(h, self.head.weight, targets)
+            loss = linear_cross_entropy(h, self.head.weight, targets)
+            return None, loss if self.aux_loss is None else loss + self.aux_loss
         logits = self.head(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
             )
+            if self.aux_loss is not None:
+                loss = loss + self.aux_loss
         return logits, loss
+
+    def _moe_aux(self) -> torch.Tensor | None:
+        """model.moe.aux_weight x the mean load-balancing loss of the MoE layers' last routing
+        (None without MoE layers). The lm objective logs the loss without it."""
+        moes = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        if not moes or self.cfg.moe.aux_weight == 0:
+            return None
+        aux = sum(balance_loss(m.stats, m.n_experts) for m in moes) / len(moes)
+        return self.cfg.moe.aux_weight * aux

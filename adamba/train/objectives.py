@@ -44,7 +44,8 @@ class Objective:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = next_batch()
         _, loss = self.forward(x, y)
-        return loss, loss, targets(y)
+        aux = getattr(self.model, "aux_loss", None)  # MoE load balancing: trained, not logged as loss
+        return loss, loss if aux is None else loss - aux.detach(), targets(y)
 
     def state_dict(self) -> dict:
         return {}

@@ -75,3 +75,63 @@ def test_grouped_equals_a_dense_loop_over_experts():
             want[t] += w[t, j] * y
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert m.tokens_per_expert() == torch.bincount(idx.reshape(-1), minlength=5).tolist()
+
+
+def test_moe_layers_in_the_model_train_and_log_the_loss_without_the_aux(tiny_data, tmp_path):
+    """model.ffn = "moe" (or letters D/E/N) puts MoE layers in the LM; training adds
+    aux_weight x the balance loss to the gradient's loss and logs the cross-entropy alone; the
+    checkpoint loads back with the same logits; the FLOPs count sees top-k experts."""
+    from adamba.checkpoint import load_model
+    from adamba.config import load_config
+    from adamba.model.flops import train_flops
+    from adamba.model.lm import LM
+    from adamba.train import trainer
+    from adamba.train.monitor import read_metrics
+    from tests.helpers import model_config, tiny_overrides
+
+    cfg = model_config(
+        {
+            "d_model": 32,
+            "n_layer": 3,
+            "vocab_size": 60,
+            "ffn": "DED",
+            "attn": {"n_head": 2, "n_kv_head": 1},
+            "moe": {"n_experts": 4, "top_k": 2},
+        }
+    )
+    assert cfg.layer_ffns() == ["mlp", "moe", "mlp"]
+    torch.manual_seed(0)
+    model = LM(cfg)
+    assert isinstance(model.blocks[1].mlp, MoE) and model.blocks[1].mlp.hidden == 128
+    x = torch.randint(0, 60, (2, 16))
+    _, with_aux = model(x, x)
+    assert model.aux_loss is not None and float(model.aux_loss) > 0
+    assert float(with_aux - model.aux_loss) == pytest.approx(float(model(x, x)[1] - model.aux_loss))
+    from types import SimpleNamespace
+
+    from adamba.train.objectives import OBJECTIVES
+
+    loss, logged, _ = OBJECTIVES["lm"].loss(SimpleNamespace(model=model, forward=model), 1, lambda: (x, x))
+    assert float(loss - logged) == pytest.approx(float(model.aux_loss), abs=1e-6)  # logged: the CE alone
+    dense = train_flops(
+        LM(
+            model_config(
+                {**{"d_model": 32, "n_layer": 3, "vocab_size": 60, "attn": {"n_head": 2, "n_kv_head": 1}}}
+            )
+        ),
+        16,
+    ).total
+    assert train_flops(model, 16).total > dense  # two experts of the MLP's size + router
+    out = tmp_path / "moe"
+    over = tiny_overrides(tiny_data, out, steps=4) + [
+        "model.ffn=moe",
+        "model.moe.n_experts=4",
+        "train.eval_every=0",
+    ]
+    trainer.run(load_config("tiny-cpu", over))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert len(rows) == 4 and all(r["loss"] == r["loss"] for r in rows)
+    m2, tok, _ = load_model(out)
+    assert all(isinstance(b.mlp, MoE) for b in m2.blocks)
+    y = torch.randint(0, m2.cfg.vocab_size, (1, 8))
+    assert torch.equal(m2(y)[0], m2(y)[0])
