@@ -14,7 +14,7 @@ from adamba.config import ModelConfig
 from adamba.errors import AdambaError
 from adamba.model.cache import KVCache
 from adamba.nn.mlp import MLP
-from adamba.nn.moe import MoE, balance_loss
+from adamba.nn.moe import MoE, RouterStats, balance_loss
 from adamba.nn.norm import RMSNorm
 from adamba.nn.roles import ROLES, param_roles
 from adamba.ops.linear_ce import linear_cross_entropy
@@ -69,6 +69,25 @@ class Block(nn.Module):
                 )
             x = x + (self.mlp(self.norm2(x), width) if width < 1.0 else self.mlp(self.norm2(x)))
         return x
+
+
+def global_stats(s: RouterStats) -> RouterStats:
+    """Routing statistics summed over every process (training under DDP / FSDP2), so the
+    balance loss is the one a single process would compute on the whole batch. The gradient
+    runs through this process's probabilities only, scaled by all tokens / its tokens: the
+    trainer's token-weighted mean over processes then gives the single process's gradient."""
+    import torch.distributed as tdist
+
+    if not (torch.is_grad_enabled() and tdist.is_available() and tdist.is_initialized()):
+        return s
+    if tdist.get_world_size() == 1:
+        return s
+    counts, probs = s.counts.detach().clone(), s.prob_sum.detach().clone()
+    tokens = torch.tensor(float(s.tokens), device=counts.device)
+    for t in (counts, probs, tokens):
+        tdist.all_reduce(t)
+    local = (s.prob_sum - s.prob_sum.detach()) * (tokens / s.tokens)
+    return RouterStats(counts, probs + local, tokens)
 
 
 def moe_layer(cfg: ModelConfig) -> MoE:
@@ -175,5 +194,5 @@ class LM(nn.Module):
         moes = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
         if not moes or self.cfg.moe.aux_weight == 0:
             return None
-        aux = sum(balance_loss(m.stats, m.n_experts) for m in moes) / len(moes)
+        aux = sum(balance_loss(global_stats(m.stats), m.n_experts) for m in moes) / len(moes)
         return self.cfg.moe.aux_weight * aux

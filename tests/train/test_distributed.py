@@ -1,7 +1,8 @@
 """Training in 2 processes under torchrun (gloo on CPU): DDP and FSDP2 follow the one-process loss
 curve of the same global batch to 1e-5 through a 3-phase run whose trainable set changes between
 phases (a DDP wrapper per phase), with gradient accumulation; a Ctrl-C under DDP resumes exactly;
-a checkpoint written by 2 ranks (FSDP2's gathered state) resumes in 1 process."""
+a checkpoint written by 2 ranks (FSDP2's gathered state) resumes in 1 process; an MoE model's
+balance loss uses router statistics summed over the ranks."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adamba.config import load_config
 from adamba.train import trainer
 from adamba.train.monitor import read_metrics
 from tests.helpers import HYBRID, three_phase_config, tiny_overrides
@@ -95,3 +97,31 @@ def test_two_rank_fsdp_checkpoint_resumes_in_one_process(tiny_data, tmp_path, on
     cfg.train.batch_size = 4
     trainer.run(cfg, resume=True)
     assert_same_curve(curve(out), one_process, 1e-5)
+
+
+def test_moe_balance_loss_is_global(tiny_data, tmp_path):
+    """An MoE model (aux_weight 1, so the balance loss steers training) trained by 2 DDP ranks of
+    batch 2 follows 1 process of batch 4: the router statistics are summed over the ranks."""
+    moe = [
+        "model.ffn=moe",
+        "model.moe.n_experts=4",
+        "model.moe.aux_weight=1.0",
+        "train.eval_every=0",
+        "train.ckpt_every=0",
+    ]
+    one = tmp_path / "one"
+    trainer.run(
+        load_config("tiny-cpu", tiny_overrides(tiny_data, one, steps=6) + moe + ["train.batch_size=4"])
+    )
+    two = tmp_path / "two"
+    over = (
+        tiny_overrides(tiny_data, two, steps=6)
+        + moe
+        + ["train.batch_size=2", "train.parallel=ddp", "train.threads=1"]
+    )
+    res = torchrun(["train", "--config", "tiny-cpu", *(a for o in over for a in ("--set", o))])
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert len(a) == len(b) == 6
+    for r1, r2 in zip(a, b):
+        assert abs(r1["loss"] - r2["loss"]) <= 1e-5 * abs(r1["loss"]), (r1["step"], r1["loss"], r2["loss"])
