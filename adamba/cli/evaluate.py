@@ -18,7 +18,17 @@ def run(args: argparse.Namespace) -> None:
 
     tasks = args.tasks.split(",")
     if args.every:
-        lines = run_every(args.ckpt, tasks, args.data, args.batches, args.limit, args.fewshot, args.out)
+        lines = run_every(
+            args.ckpt,
+            tasks,
+            args.data,
+            args.batches,
+            args.limit,
+            args.fewshot,
+            args.out,
+            progress=not args.quiet,
+            chat=args.chat,
+        )
     else:
         lines = run_eval(
             args.ckpt,
@@ -29,6 +39,7 @@ def run(args: argparse.Namespace) -> None:
             args.limit,
             args.fewshot,
             args.out,
+            progress=not args.quiet,
             chat=args.chat,
         )
     for line in lines:
@@ -71,8 +82,10 @@ def register(sub) -> None:
     e.add_argument(
         "--chat",
         action="store_true",
-        help="multiple choice as a chat question with lettered options, scored by the letter (chat models)",
+        help="ask through the chat template (chat models): multiple choice as lettered options scored by "
+        "the letter, gsm8k as chat turns",
     )
+    e.add_argument("--quiet", action="store_true", help="no progress bar (there is none off a terminal)")
     e.add_argument(
         "--decode-batch",
         type=int,

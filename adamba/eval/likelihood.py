@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from adamba.data.tokenizer import Tokenizer
 from adamba.model.lm import LM
 
 
@@ -24,6 +25,27 @@ class Scored:
     logprob: float  # sum over the continuation's tokens
     greedy: bool  # every continuation token was the argmax
     n_tokens: int
+
+
+def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """A (context, continuation) text pair as ids, the way lm-evaluation-harness splits it:
+    whitespace ending the context moves to the start of the continuation (so " Paris" is one
+    token, not " " + "Paris"), the context starts with BOS, and each side is encoded on its
+    own (the boundary between them is always a token boundary)."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    return [tok.bos_id] + tok.encode(context), tok.encode(continuation)
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, max_len: int) -> tuple[list[int], int]:
+    """A prompt left-truncated so prompt + generation fit the model's context, and how many tokens
+    may be generated: up to `max_new_tokens`, cut to half the context when the prompt is long
+    (a budget as long as the context would otherwise leave no prompt at all)."""
+    budget = max(1, min(max_new_tokens, max(max_len - len(ids), max_len // 2)))
+    keep = max(1, max_len - budget)
+    ids = ids[max(0, len(ids) - keep) :]
+    return ids, max(1, min(max_new_tokens, max_len - len(ids)))
 
 
 def _window(ctx: list[int], cont: list[int], max_len: int) -> tuple[list[int], int]:

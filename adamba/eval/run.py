@@ -84,7 +84,8 @@ def score_tasks(
     chat: bool = False,
 ) -> tuple[list[report.Score], dict]:
     """The report-card tasks (multiple choice, GSM8K, ARC-AGI) on a loaded model; `chat`: ask
-    multiple choice as a chat question with lettered options (chat-tuned models)."""
+    through the chat template (multiple choice as a question with lettered options; GSM8K as
+    turns), for chat-tuned models."""
     from adamba.eval.tasks import mc, records
 
     scores, samples = [], {}
@@ -93,12 +94,11 @@ def score_tasks(
             its = mc.items(t, records(t, named.get(t)))[:limit]
             if not its:
                 raise AdambaError(f"task {t}: no items")
+            tick = bar.task(t, sum(len(i.choices) for i in its))
             if chat:
-                scores.append(mc.score_letters(t, model, tokenizer, its))
+                scores.append(mc.score_letters(t, model, tokenizer, its, progress=tick))
             else:
-                scores += mc.score(
-                    t, model, tokenizer, its, progress=bar.task(t, sum(len(i.choices) for i in its))
-                )
+                scores += mc.score(t, model, tokenizer, its, progress=tick)
         elif t == "gsm8k":
             from adamba.eval.tasks import gsm8k
 
@@ -110,7 +110,9 @@ def score_tasks(
             recs = recs[:limit]
             if not recs:
                 raise AdambaError("task gsm8k: no items left to score")
-            s, rows = gsm8k.score(model, tokenizer, recs, shots, progress=bar.task("gsm8k", len(recs)))
+            s, rows = gsm8k.score(
+                model, tokenizer, recs, shots, progress=bar.task("gsm8k", len(recs)), chat=chat
+            )
             scores.append(s)
             samples["gsm8k"] = rows
         elif t == "arc_agi":
@@ -212,6 +214,7 @@ def run_every(
     fewshot: int = 5,
     out: str | None = None,
     progress: bool = True,
+    chat: bool = False,
 ) -> list[str]:
     """Every checkpoint of a run directory (checkpoints/step_N), in step order: one report-card
     row per checkpoint and task, and a plot of each score (and bits/byte) against the step."""
@@ -235,7 +238,7 @@ def run_every(
             row["bpb"] = bpb(model, tokenizer, ckpt, plain, batches)["bpb"]
         bar = Progress(progress)
         try:
-            scores, _ = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar)
+            scores, _ = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar, chat)
         finally:
             bar.close()
         row["scores"] = [s.to_dict() for s in scores]

@@ -11,6 +11,8 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
+import torch  # noqa: E402
+
 from adamba.checkpoint import load_model  # noqa: E402
 from adamba.eval.likelihood import loglikelihoods, rolling_logprob  # noqa: E402
 from adamba.eval.tasks import mc, read_records  # noqa: E402
@@ -96,6 +98,7 @@ def test_simple_evaluate_matches_our_scorer(elastic_run, tasks_dir):
     its = mc.items("arc_easy", read_records(DATA / "arc_tiny.jsonl"))
     ours = {s.metric: s.value for s in mc.score("arc_easy", model, tok, its)}
     assert res["results"]["tiny_arc"]["acc,none"] == pytest.approx(ours["acc"])
+    assert res["results"]["tiny_arc"]["acc_norm,none"] == pytest.approx(ours["acc_norm"])
     # every per-request log-likelihood equals our scorer's for the same context/continuation
     for sample in res["samples"]["tiny_arc"]:
         assert len(sample["arguments"]) == len(sample["resps"]) >= 3
@@ -103,17 +106,35 @@ def test_simple_evaluate_matches_our_scorer(elastic_run, tasks_dir):
             lp, greedy = resp[0]
             (s,) = loglikelihoods(model, [([tok.bos_id] + tok.encode(ctx), tok.encode(cont))])
             assert float(lp) == pytest.approx(s.logprob, abs=1e-5) and bool(greedy) == s.greedy
-    # rolling: the whole text's log-probability, as our rolling scorer computes it
+    # rolling: the whole text's log-probability, as our rolling scorer computes it, and (the
+    # texts fit one window) minus the summed cross-entropy bpb is computed from
     for sample in res["samples"]["tiny_roll"]:
         text = sample["arguments"][0][0]
-        assert float(sample["resps"][0][0]) == pytest.approx(
-            rolling_logprob(model, tok.encode(text), tok.bos_id)[0], abs=1e-4
+        got = float(sample["resps"][0][0])
+        ids = [tok.bos_id] + tok.encode(text)
+        assert got == pytest.approx(rolling_logprob(model, ids[1:], tok.bos_id)[0], abs=1e-5)
+        with torch.no_grad():
+            _, loss = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
+        assert len(ids) <= model.cfg.max_seq_len and got == pytest.approx(
+            -float(loss) * (len(ids) - 1), abs=1e-4
         )
     gen = res["samples"]["tiny_gen"]
     assert len(gen) == 2 and all(
         isinstance(s["resps"][0][0], str) and "\n\n" not in s["resps"][0][0] for s in gen
     )
     assert "exact_match,none" in res["results"]["tiny_gen"]
+
+
+def test_registering_keeps_lm_eval_models():
+    """Registering "adamba" first must not hide lm_eval's own models (its registry fills itself
+    only when empty): a fresh interpreter, as a user script would meet it."""
+    code = (
+        "import adamba.eval.harness\n"
+        "from lm_eval.api.registry import get_model\n"
+        "print(get_model('adamba').__name__, get_model('dummy').__name__)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.split() == ["AdambaLM", "DummyLM"], res.stderr[-2000:]
 
 
 def test_lm_eval_command_line(elastic_run, tasks_dir, tmp_path):

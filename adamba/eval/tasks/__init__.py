@@ -46,9 +46,14 @@ def hub_records(task: str) -> list[dict]:
     name, config, split = HUB[task]
     try:
         from datasets import load_dataset
-
+    except ImportError:
+        raise AdambaError(
+            f"task {task} reads {name} with the datasets package (pip install 'adamba[hf]'); "
+            f"or pass a local file: --data {task}=PATH.jsonl"
+        ) from None
+    try:
         return list(load_dataset(name, config, split=split))
-    except Exception as e:  # offline, hub down, no datasets package
+    except Exception as e:  # offline, hub down, no such split
         raise AdambaError(
             f"cannot load {name} for task {task} ({type(e).__name__}); pass a local file: --data {task}=PATH.jsonl"
         ) from None

@@ -14,6 +14,7 @@ import torch
 
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
+from adamba.eval.likelihood import fit_prompt
 from adamba.eval.report import Score
 from adamba.model import decode
 from adamba.model.lm import LM
@@ -57,9 +58,7 @@ def attempt(
     model: LM, tok: Tokenizer, text: str, shape_hint: int, temperature: float, seed: int
 ) -> np.ndarray | None:
     """One generated output grid (left-truncating the prompt to leave room for it)."""
-    ids = [tok.bos_id] + tok.encode(text)
-    budget = min(shape_hint, model.cfg.max_seq_len - 1)
-    ids = ids[-(model.cfg.max_seq_len - budget) :]
+    ids, budget = fit_prompt([tok.bos_id] + tok.encode(text), shape_hint, model.cfg.max_seq_len)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     out: list[int] = []

@@ -9,7 +9,10 @@ import re
 
 import torch
 
+from adamba.data.chat import Message
+from adamba.data.template import render, stop_ids
 from adamba.data.tokenizer import Tokenizer
+from adamba.eval.likelihood import fit_prompt
 from adamba.eval.report import Score
 from adamba.model import decode
 from adamba.model.lm import LM
@@ -41,37 +44,61 @@ def prompt(question: str, shots: list[dict]) -> str:
     return f"{ex}Question: {question}\nAnswer:"
 
 
+def chat_prompt(tok: Tokenizer, question: str, shots: list[dict]) -> list[int]:
+    """Chat models: each solved example as a user turn and the assistant's reply, then the
+    question; the reply is read up to <|end|>."""
+    msgs = []
+    for s in shots:
+        msgs += [Message("user", s["question"]), Message("assistant", s["answer"])]
+    return render(tok, msgs + [Message("user", question)]).ids
+
+
 @torch.no_grad()
-def answer(model: LM, tok: Tokenizer, text: str, max_new_tokens: int) -> str:
-    """Greedy continuation of `text` until a stop string (left-truncating the prompt so the
-    answer fits the model's context)."""
-    ids = [tok.bos_id] + tok.encode(text)
-    keep = max(1, model.cfg.max_seq_len - max_new_tokens)
-    ids = ids[-keep:]
-    budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids))
+def complete(
+    model: LM, tok: Tokenizer, ids: list[int], max_new_tokens: int, stops: tuple[str, ...] = STOPS
+) -> str:
+    """Greedy continuation of `ids` until a stop string or an end-of-reply token (left-truncating
+    the prompt so the answer fits the model's context)."""
+    ids, budget = fit_prompt(ids, max_new_tokens, model.cfg.max_seq_len)
+    ends = stop_ids(tok) | {tok.bos_id}
     out: list[int] = []
     device = next(model.parameters()).device
     for t in decode.generate(model, torch.tensor([ids], device=device), budget, temperature=0.0):
         tok_id = int(t[0])
-        if tok_id in (tok.eos_id, tok.bos_id):
+        if tok_id in ends:
             break
         out.append(tok_id)
-        s = tok.decode(out)
-        if any(stop in s for stop in STOPS):
+        if stops and any(stop in tok.decode(out[-16:]) for stop in stops):
             break
     s = tok.decode(out)
-    for stop in STOPS:
+    for stop in stops:
         s = s.split(stop, 1)[0]
     return s
 
 
+def answer(model: LM, tok: Tokenizer, text: str, max_new_tokens: int) -> str:
+    """The base-model form: `text` (a few-shot prompt) continued until a blank line or the next
+    "Question:"."""
+    return complete(model, tok, [tok.bos_id] + tok.encode(text), max_new_tokens)
+
+
 def score(
-    model: LM, tok: Tokenizer, recs: list[dict], shots: list[dict], max_new_tokens: int = 256, progress=None
+    model: LM,
+    tok: Tokenizer,
+    recs: list[dict],
+    shots: list[dict],
+    max_new_tokens: int = 256,
+    progress=None,
+    chat: bool = False,
 ) -> tuple[Score, list[dict]]:
-    """Exact match over the records (each {question, answer}); also the per-item outputs."""
+    """Exact match over the records (each {question, answer}); also the per-item outputs.
+    `chat`: ask through the chat template (chat-tuned models)."""
     right, rows = 0, []
     for r in recs:
-        out = answer(model, tok, prompt(r["question"], shots), max_new_tokens)
+        if chat:
+            out = complete(model, tok, chat_prompt(tok, r["question"], shots), max_new_tokens, ())
+        else:
+            out = answer(model, tok, prompt(r["question"], shots), max_new_tokens)
         got, want = extract(out), extract(r["answer"])
         right += got is not None and got == want
         rows.append({"question": r["question"], "output": out, "extracted": got, "reference": want})
