@@ -80,12 +80,20 @@ def score_tasks(
     named: dict[str, str],
     limit: int | None,
     fewshot: int,
-    bar: Progress,
+    progress: bool,
     chat: bool = False,
 ) -> tuple[list[report.Score], dict]:
-    """The report-card tasks (multiple choice, GSM8K, ARC-AGI) on a loaded model; `chat`: ask
-    through the chat template (multiple choice as a question with lettered options; GSM8K as
-    turns), for chat-tuned models."""
+    """The report-card tasks (multiple choice, GSM8K, ARC-AGI) on a loaded model, with a progress
+    bar on a terminal; `chat`: ask through the chat template (multiple choice as a question with
+    lettered options; GSM8K as turns), for chat-tuned models."""
+    bar = Progress(progress)
+    try:
+        return _score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar, chat)
+    finally:
+        bar.close()
+
+
+def _score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar: Progress, chat: bool):
     from adamba.eval.tasks import mc, records
 
     scores, samples = [], {}
@@ -152,11 +160,7 @@ def run_eval(
         )
     if "efficiency" in tasks:
         lines += efficiency_lines(model, tokenizer, ckpt, plain or None, batches, decode_batch)
-    bar = Progress(progress)
-    try:
-        scores, samples = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar, chat)
-    finally:
-        bar.close()
+    scores, samples = score_tasks(model, tokenizer, tasks, named, limit, fewshot, progress, chat)
     if scores:
         lines += report.markdown(scores, f"adamba eval: {ckpt.path}").splitlines()[2:]
     if out is not None:
@@ -236,11 +240,7 @@ def run_every(
         row: dict = {"step": step}
         if "bpb" in tasks:
             row["bpb"] = bpb(model, tokenizer, ckpt, plain, batches)["bpb"]
-        bar = Progress(progress)
-        try:
-            scores, _ = score_tasks(model, tokenizer, tasks, named, limit, fewshot, bar, chat)
-        finally:
-            bar.close()
+        scores, _ = score_tasks(model, tokenizer, tasks, named, limit, fewshot, progress, chat)
         row["scores"] = [s.to_dict() for s in scores]
         rows.append(row)
         parts = ([f"bpb {row['bpb']:.4f}"] if "bpb" in row else []) + [
