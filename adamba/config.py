@@ -77,6 +77,27 @@ class AttnConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = True
     window: int = 0  # sliding-window size, 0 = full causal attention
+    # per attention layer: S = sliding (`window` keys), F = full causal; the letters are repeated
+    # over the A layers in order (the i-th A layer, not the i-th layer, so injecting M/K layers
+    # keeps every attention layer's window); "" = every A layer uses `window` (GPT-OSS: "SF")
+    window_pattern: str = ""
+    bias: bool = False  # biases on q/k/v (qkv_proj) and o_proj (GPT-OSS attention_bias)
+    sinks: bool = False  # a learned logit per head that joins the softmax denominator (GPT-OSS)
+    # RoPE scaling: "" (plain RoPE) or "yarn"; the yarn_* values below default to GPT-OSS's
+    rope_scaling: str = ""
+    yarn_factor: float = 32.0  # context extension factor
+    yarn_original_max: int = 4096  # the pretraining context (original_max_position_embeddings)
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    yarn_truncate: bool = False  # floor/ceil the correction range (transformers' default is true)
+    yarn_attention_factor: float = 0.0  # cos/sin scale; 0 = 0.1 ln(factor) + 1
+
+    def window_at(self, a_index: int) -> int:
+        """The sliding window of the `a_index`-th attention layer (0-based among A layers); 0 =
+        full causal attention."""
+        if not self.window_pattern:
+            return self.window
+        return self.window if self.window_pattern[a_index % len(self.window_pattern)] == "S" else 0
 
 
 @dataclass
@@ -137,6 +158,11 @@ TABLE_RANGES = {
         "head_dim": ">= 0",
         "window": ">= 0",
         "rope_theta": "> 0",
+        "yarn_factor": "> 0",
+        "yarn_original_max": ">= 1",
+        "yarn_beta_fast": "> 0",
+        "yarn_beta_slow": "> 0",
+        "yarn_attention_factor": ">= 0",
     },
     "mlp": {"ratio": "> 0"},
     "mamba": {k: ">= 1" for k in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size")},
@@ -235,6 +261,22 @@ class ModelConfig:
             raise AdambaError(
                 f"model.attn.head_dim={a.head_dim} must be even for RoPE (rotary pairs of channels); "
                 "change model.attn.head_dim (or n_head) or set model.attn.use_rope=false"
+            )
+        if set(a.window_pattern) - set("SF"):
+            raise AdambaError(
+                f"model.attn.window_pattern={a.window_pattern!r}: use only the letters S (sliding, "
+                "model.attn.window keys) and F (full), repeated over the attention layers"
+            )
+        if "S" in a.window_pattern and a.window == 0:
+            raise AdambaError(
+                f"model.attn.window_pattern={a.window_pattern!r} has sliding layers (S) but "
+                "model.attn.window=0: set model.attn.window to their number of keys"
+            )
+        if a.rope_scaling not in ("", "yarn"):
+            raise AdambaError(f"model.attn.rope_scaling={a.rope_scaling!r}: choose '' (plain RoPE) or 'yarn'")
+        if a.rope_scaling and not a.use_rope:
+            raise AdambaError(
+                f"model.attn.rope_scaling={a.rope_scaling!r} needs model.attn.use_rope=true (or rope_scaling='')"
             )
 
     def _check_mamba(self) -> None:
