@@ -33,7 +33,7 @@ def hf_config(rope=None, n_layer=2):
         layer_types=["sliding_attention", "full_attention"][:n_layer],
         sliding_window=WINDOW,
         rope_parameters=rope,
-        max_position_embeddings=64,
+        max_position_embeddings=131072,
         intermediate_size=16,
         num_local_experts=4,
         num_experts_per_tok=2,
