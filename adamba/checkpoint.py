@@ -34,6 +34,7 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model
 
 from adamba.config import Config, config_from_dict
+from adamba.data.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.model.lm import LM
@@ -115,6 +116,9 @@ def save_checkpoint(
         _write_json(tmp / "config.json", cfg.to_dict())
         if tokenizer_path:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+            side = Path(tokenizer_path).with_name(TOKENIZER_CONFIG)  # a foreign tokenizer's specials
+            if side.is_file():
+                shutil.copyfile(side, tmp / TOKENIZER_CONFIG)
         if optimizer is not None or state is not None:
             buf = io.BytesIO()
             trainer_state = {"optimizer": optimizer.state_dict() if optimizer else None, "rng": rng_state()}
@@ -301,11 +305,23 @@ def load_trainer_state(ckpt: Checkpoint) -> dict:
         raise AdambaError(f"{f} is unreadable ({first})") from e
 
 
+def fresh_out_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` as a directory to write a new run into: refused when it holds anything, unless
+    `overwrite` (then emptied). What surgery, import and export write their results to."""
+    dst = Path(out)
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise AdambaError(f"{dst} is not empty; choose another --out or pass --overwrite")
+        shutil.rmtree(dst)
+    return dst
+
+
 def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
     """(model in eval mode, tokenizer, checkpoint) from a run directory or checkpoint folder.
 
     The tokenizer defaults to the copy saved inside the checkpoint; a different one must have
-    exactly the vocabulary size the model was trained with."""
+    exactly the vocabulary size the model was trained with (an imported tokenizer may have
+    fewer: Hugging Face models often pad the embedding to a round size)."""
     ckpt = read_checkpoint(ckpt_path)
     tok_path = tokenizer_path or ckpt.tokenizer_path
     if tok_path is None:
@@ -313,7 +329,8 @@ def load_model(ckpt_path: str | Path, tokenizer_path: str | Path | None = None, 
     if not Path(tok_path).exists():
         raise AdambaError(f"tokenizer not found: {tok_path}")
     tokenizer = Tokenizer.load(tok_path)
-    if tokenizer.vocab_size != ckpt.cfg.model.vocab_size:
+    n, n_model = tokenizer.vocab_size, ckpt.cfg.model.vocab_size
+    if n > n_model or (n < n_model and not tokenizer.foreign):
         raise AdambaError(
             f"tokenizer {tok_path} has {tokenizer.vocab_size} tokens but the checkpoint {ckpt.path} expects "
             f"{ckpt.cfg.model.vocab_size}; use the tokenizer the model was trained with"

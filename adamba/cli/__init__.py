@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import chat, data, estimate, evaluate, phases, quickstart, sample, serve, surgery, train
+from adamba.cli import chat, data, estimate, evaluate, hf, phases, quickstart, sample, serve, surgery, train
 from adamba.errors import AdambaError
 
 GROUPS = (
@@ -22,6 +22,7 @@ GROUPS = (
     serve,
     evaluate,
     surgery,
+    hf,
     quickstart,
     data,
 )  # the order `adamba --help` lists them in

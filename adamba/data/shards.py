@@ -163,11 +163,11 @@ def _encode(tokenizer, batch: list[tuple[str, str]], append_bos: bool, dtype: st
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer_json: str) -> None:
+def _worker_init(tokenizer_json: str, specials: dict[str, int] | None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
     from tokenizers import Tokenizer as HFTokenizer
 
-    _WORKER["tok"] = Tokenizer(HFTokenizer.from_str(tokenizer_json))
+    _WORKER["tok"] = Tokenizer(HFTokenizer.from_str(tokenizer_json), specials)
 
 
 def _worker_encode(batch: list[tuple[str, str]], append_bos: bool, dtype: str):
@@ -188,7 +188,9 @@ def _encoded_batches(docs: Iterable, tokenizer, append_bos: bool, dtype: str, wo
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = ctx.Pool(workers, _worker_init, (tokenizer.hf.to_str(),))
+        pool = ctx.Pool(
+            workers, _worker_init, (tokenizer.hf.to_str(), tokenizer.specials if tokenizer.foreign else None)
+        )
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]

@@ -175,18 +175,27 @@ def _byte_decoder() -> dict[str, int]:
 class Tokenizer:
     """A trained byte-level BPE; see the module docstring for the design."""
 
-    def __init__(self, hf: HFTokenizer):
-        for i, name in enumerate(SPECIAL_TOKENS):
-            if hf.token_to_id(name) != i:
-                raise AdambaError(
-                    f"tokenizer has {name} at id {hf.token_to_id(name)}, expected {i}: "
-                    "not an adamba tokenizer (train one with `adamba data tokenizer`)"
-                )
+    def __init__(self, hf: HFTokenizer, specials: dict[str, int] | None = None):
+        """specials: None for adamba's own layout (checked: every special token at its fixed
+        id); for a tokenizer made elsewhere (an imported Hugging Face model's), the ids of the
+        ones it has, e.g. {"<|bos|>": 1, "<|eos|>": 2} (see `foreign_specials`)."""
+        if specials is None:
+            for i, name in enumerate(SPECIAL_TOKENS):
+                if hf.token_to_id(name) != i:
+                    raise AdambaError(
+                        f"tokenizer has {name} at id {hf.token_to_id(name)}, expected {i}: "
+                        "not an adamba tokenizer (train one with `adamba data tokenizer`, or import a "
+                        "Hugging Face model's with `adamba import hf`)"
+                    )
+            specials = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+            self.foreign = False
+        else:
+            self.foreign = True
         hf.encode_special_tokens = True  # ordinary text never produces control tokens
         self._hf = hf
         # pieces encode like the whole only under adamba's pre-tokenizer and no normalizer
         self._cuttable = hf.normalizer is None and _state(hf.pre_tokenizer) == _state(_pre_tokenizer())
-        self._special = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+        self._special = dict(specials)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -221,7 +230,9 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        """Load a tokenizer.json file, or the tokenizer.json inside a directory."""
+        """Load a tokenizer.json file, or the tokenizer.json inside a directory. A tokenizer made
+        elsewhere (no adamba special tokens) needs the Hugging Face `tokenizer_config.json` beside
+        it, which names its BOS / EOS / PAD tokens."""
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
@@ -231,10 +242,14 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(p))
         except Exception as e:  # the library raises a bare Exception on bad JSON
             raise AdambaError(f"{p} is not a valid tokenizer.json ({str(e).splitlines()[0][:120]})") from None
+        side = p.with_name(CONFIG_FILE)
+        if hf.token_to_id(SPECIAL_TOKENS[0]) != 0 and side.is_file():
+            return cls(hf, foreign_specials(hf, side))
         return cls(hf)
 
     def save(self, path: str | Path) -> Path:
-        """Write tokenizer.json (to `path`, or into `path` if it is a directory); atomic."""
+        """Write tokenizer.json (to `path`, or into `path` if it is a directory); atomic. A
+        foreign tokenizer also writes the tokenizer_config.json that names its specials."""
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
@@ -242,7 +257,24 @@ class Tokenizer:
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text(self._hf.to_str(pretty=False), encoding="utf-8")
         tmp.replace(p)
+        if self.foreign:
+            p.with_name(CONFIG_FILE).write_text(json.dumps(self.hf_config(), indent=2))
         return p
+
+    def hf_config(self) -> dict:
+        """A Hugging Face tokenizer_config.json for this tokenizer: what AutoTokenizer needs to
+        load tokenizer.json as a fast tokenizer with the same BOS / EOS / PAD."""
+        name = {i: t for t, i in self._hf.get_vocab(with_added_tokens=True).items()}
+        out = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+        for key, special in (("bos_token", "<|bos|>"), ("eos_token", "<|eos|>"), ("pad_token", "<|pad|>")):
+            if special in self._special:
+                out[key] = name[self._special[special]]
+        return out
+
+    @property
+    def specials(self) -> dict[str, int]:
+        """Special token name -> id (adamba's names; a foreign tokenizer has only some)."""
+        return dict(self._special)
 
     # ---- use ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -295,6 +327,11 @@ class Tokenizer:
         """Id of a special token, by full name ("<|user|>") or bare name ("user")."""
         key = name if name.startswith("<|") else f"<|{name}|>"
         if key not in self._special:
+            if self.foreign:
+                raise AdambaError(
+                    f"this tokenizer (imported) has no {key}: it knows only {', '.join(self._special)}; "
+                    "chat formatting needs adamba's chat tokens"
+                )
             raise AdambaError(f"unknown special token {name!r}; known: {', '.join(NAMED_SPECIAL_TOKENS)}")
         return self._special[key]
 
@@ -304,7 +341,8 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int:
-        return self._special["<|bos|>"]
+        """BOS; a foreign tokenizer without one (Qwen, GPT-2) starts documents with its EOS."""
+        return self._special.get("<|bos|>", self._special["<|eos|>"])
 
     @property
     def eos_id(self) -> int:
@@ -312,7 +350,7 @@ class Tokenizer:
 
     @property
     def pad_id(self) -> int:
-        return self._special["<|pad|>"]
+        return self._special.get("<|pad|>", self._special["<|eos|>"])
 
     @property
     def hf(self) -> HFTokenizer:
@@ -328,8 +366,9 @@ class Tokenizer:
         d = json.loads(self._hf.to_str())
         model = d["model"]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        vocab = model.get("vocab", [])  # Unigram models keep a list of [piece, score]
         canon = {
-            "vocab": sorted(model["vocab"].items(), key=lambda kv: kv[1]),
+            "vocab": sorted(vocab.items(), key=lambda kv: kv[1]) if isinstance(vocab, dict) else vocab,
             "merges": merges,
             "added": sorted((t["id"], t["content"]) for t in d.get("added_tokens", [])),
             "pre_tokenizer": d.get("pre_tokenizer"),
@@ -348,10 +387,36 @@ class Tokenizer:
                 out[i] = len(self._hf.decode([i]).encode("utf-8"))
         for i in self._special.values():
             out[i] = 0
+        for t in json.loads(self._hf.to_str()).get("added_tokens", []):
+            if t.get("special"):  # a foreign tokenizer's control tokens carry no text either
+                out[t["id"]] = 0
         return out
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()[:12]})"
+
+
+CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name: BOS / EOS / PAD of a foreign tokenizer
+
+
+def foreign_specials(hf: HFTokenizer, config: Path) -> dict[str, int]:
+    """adamba's names for the specials of a tokenizer made elsewhere, from its Hugging Face
+    tokenizer_config.json (bos_token / eos_token / pad_token, as strings or {"content": ...})."""
+    try:
+        conf = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdambaError(f"{config}: unreadable ({e})") from None
+    out = {}
+    for key, special in (("bos_token", "<|bos|>"), ("eos_token", "<|eos|>"), ("pad_token", "<|pad|>")):
+        tok = conf.get(key)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if tok is not None and hf.token_to_id(tok) is not None:
+            out[special] = hf.token_to_id(tok)
+    if "<|eos|>" not in out:
+        raise AdambaError(
+            f"{config} names no eos_token found in the vocabulary: generation needs one to stop"
+        )
+    return out
 
 
 def compression(encode_batch, texts: list[str]) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -112,15 +111,11 @@ def inject_checkpoint(
     """Read a checkpoint (run directory or checkpoint folder), inject, and write the grown model
     as checkpoint step 0 of the run directory `out` (with the tokenizer and surgery.json), ready
     for `adamba train --set train.init_from=OUT` or `sample` / `eval`."""
-    from adamba.checkpoint import load_model, save_checkpoint
+    from adamba.checkpoint import fresh_out_dir, load_model, save_checkpoint
 
-    dst = Path(out)
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise AdambaError(f"{dst} is not empty; choose another --out or pass --overwrite")
-        shutil.rmtree(dst)
     model, _, ckpt = load_model(ckpt_path)
     grown, record = inject_mamba(model, after, kind=kind)
+    dst = fresh_out_dir(out, overwrite)  # only now: a refused surgery leaves an old --out as it was
     cfg = dataclasses.replace(ckpt.cfg, model=grown.cfg)
     record["from"] = str(ckpt.path)
     path = save_checkpoint(dst, 0, grown, cfg, ckpt.tokenizer_path, state={"surgery": record})
