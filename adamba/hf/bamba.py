@@ -16,7 +16,7 @@ import torch
 
 from adamba.config import AttnConfig, MLPConfig, ModelConfig
 from adamba.errors import AdambaError
-from adamba.hf.llama import rope_theta
+from adamba.hf.llama import gpt_oss_features, rope_theta
 from adamba.hf.mamba2 import MIXER_KEYS, check_mamba, mamba_table
 
 MODEL_TYPES = ("bamba",)
@@ -91,8 +91,9 @@ def misfits(cfg: ModelConfig) -> list[str]:
             out.append("QK-norm (model.attn.qk_norm=true)")
         if not a.use_rope:
             out.append("attention without RoPE")
-        if a.window:
+        if a.window and "S" in (a.window_pattern or "S"):
             out.append("a sliding window")
+        out += gpt_oss_features(a)
         if a.head_dim * a.n_head != cfg.d_model:
             out.append("head_dim x n_head != d_model")
     if "mlp" in cfg.layer_ffns() and cfg.mlp.act != "swiglu":

@@ -33,6 +33,15 @@ def rope_theta(hf: dict) -> float:
     return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
+def gpt_oss_features(a: AttnConfig) -> list[str]:
+    """The GPT-OSS attention settings a model uses (none of the exported architectures has them)."""
+    named = {"bias": "attention biases", "sinks": "attention sinks", "rope_scaling": "YaRN RoPE"}
+    out = [text for key, text in named.items() if getattr(a, key)]
+    if a.window_pattern and len(set(a.window_pattern)) > 1:
+        out.append("per-layer windows (model.attn.window_pattern)")
+    return out
+
+
 def _window(hf: dict) -> int:
     """One sliding window for every layer (0 = full attention); mixed layers are refused."""
     if hf["model_type"] == "mistral":
@@ -120,7 +129,14 @@ def from_adamba(model) -> tuple[object, dict[str, torch.Tensor]]:
         )
     if not a.use_rope:
         raise AdambaError("model.attn.use_rope=false has no Llama-family twin (they all use RoPE)")
+    bad = gpt_oss_features(a)
+    if bad:
+        raise AdambaError(
+            f"Llama / Mistral / Qwen3 have no {', '.join(bad)} (GPT-OSS attention is import-only so far)"
+        )
     from transformers import LlamaConfig, MistralConfig, Qwen3Config
+
+    win = a.window_at(0)  # one window for every layer (a mixed window_pattern was refused)
 
     common = dict(
         vocab_size=cfg.vocab_size,
@@ -132,21 +148,17 @@ def from_adamba(model) -> tuple[object, dict[str, torch.Tensor]]:
         head_dim=a.head_dim,
         hidden_act="silu" if cfg.mlp.act == "swiglu" else "relu",
         rms_norm_eps=cfg.norm_eps,
-        max_position_embeddings=max(cfg.max_seq_len, a.window),
+        max_position_embeddings=max(cfg.max_seq_len, win),
         tie_word_embeddings=cfg.tie_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": a.rope_theta},
     )
     if a.qk_norm:
-        window = (
-            {"use_sliding_window": True, "sliding_window": a.window, "max_window_layers": 0}
-            if a.window
-            else {}
-        )
+        window = {"use_sliding_window": True, "sliding_window": win, "max_window_layers": 0} if win else {}
         hc = Qwen3Config(**common, **window)
-        if a.window:
+        if win:
             hc.layer_types = ["sliding_attention"] * cfg.n_layer
-    elif a.window:
-        hc = MistralConfig(**common, sliding_window=a.window)
+    elif win:
+        hc = MistralConfig(**common, sliding_window=win)
     else:
         hc = LlamaConfig(**common)
     sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}

@@ -291,6 +291,7 @@ def test_export_loads_in_transformers(case, tiny_data, tmp_path):
         ({"pattern": "AM", "mamba": MAMBA}, ("Bamba", "QK-norm", "relu2 MLP")),
         ({"pattern": "K", "kda": {"n_head": 2}}, ("KDA layers have no transformers twin",)),
         ({"attn": {"use_rope": False}}, ("use_rope=false",)),
+        ({"attn": {"sinks": True, "bias": True}}, ("attention biases, attention sinks",)),
     ],
 )
 def test_export_refuses_with_the_reason(kw, needles, tiny_data, tmp_path):
