@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -98,27 +99,33 @@ def check_args(
     return cfg
 
 
-def quickstart(
-    out: str | Path = "runs/quickstart",
-    minutes: float = 5.0,
-    data: list[str] | None = None,
-    config: str = "tiny-cpu",
-    overrides: list[str] | None = None,
-    progress: bool = True,
+@dataclass
+class Prepared:
+    """What the data stages made: the tokenizer and the train / val manifests."""
+
+    tokenizer: Path
+    train: Path
+    val: Path
+    train_docs: list
+    val_docs: list
+    curation: object
+
+
+def prepare_data(
+    out: Path,
+    data: list[str] | None,
+    vocab_size: int,
     max_corpus_mb: float = 16.0,
     curate_preset: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Run the pipeline; returns the path of report.md. `overwrite`: replace an earlier run in
-    `out` (otherwise refused before any work)."""
-    console = Console(stderr=True, quiet=not progress)
-    t_start = time.time()
-    cfg = check_args(out, minutes, config, overrides, max_corpus_mb, overwrite)
-    out = Path(out)
-
+    console: Console | None = None,
+    steps: int = 6,
+) -> Prepared:
+    """Stages 1-3 (corpus + curation, tokenizer, shards) into `out`: the stdlib corpus or the
+    user's `data`, whole documents held out for validation. Shared by quickstart and grow."""
+    console = console or Console(stderr=True, quiet=True)
     # 1. corpus and curation, all in memory: a bad corpus fails before anything is written
     console.print(
-        "[bold]1/6 corpus[/]", "from " + (", ".join(data) if data else "the Python standard library")
+        f"[bold]1/{steps} corpus[/]", "from " + (", ".join(data) if data else "the Python standard library")
     )
     # a user's single big text file becomes ~300-word documents (split at blank lines)
     raw = list(read_documents(data, chunk_words=300) if data else python_stdlib_documents())
@@ -137,16 +144,66 @@ def quickstart(
     )
 
     # 2. tokenizer
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]2/6 tokenizer[/] byte-level BPE, vocab {cfg.model.vocab_size}")
-    tok = Tokenizer.train((d.text for d in _take_mb(train_docs, TOKENIZER_SAMPLE_MB)), cfg.model.vocab_size)
+    console.print(f"[bold]2/{steps} tokenizer[/] byte-level BPE, vocab {vocab_size}")
+    tok = Tokenizer.train((d.text for d in _take_mb(train_docs, TOKENIZER_SAMPLE_MB)), vocab_size)
     tok_path = out / "tokenizer.json"
     tok.save(tok_path)
 
     # 3. shards
-    console.print("[bold]3/6 shards[/]")
+    console.print(f"[bold]3/{steps} shards[/]")
     train_manifest = write_shards(train_docs, tok, out / "data" / "train", source="quickstart-train")
     val_manifest = write_shards(val_docs, tok, out / "data" / "val", source="quickstart-val")
+
+    return Prepared(tok_path, train_manifest, val_manifest, train_docs, val_docs, cur)
+
+
+class _AtWidth(torch.nn.Module):
+    """The model run at one Matryoshka width in every layer (what evaluate_bpb calls)."""
+
+    def __init__(self, model, width: float):
+        super().__init__()
+        self.model, self.width = model, width
+
+    def forward(self, x):
+        return self.model(x, widths=[self.width] * self.model.cfg.n_layer)
+
+
+def held_out_bpb(
+    model, tok, val_manifest: Path, batch_size: int, seq_len: int, max_batches: int = 40, width: float = 1.0
+) -> dict:
+    """Bits per byte on the first `max_batches` held-out batches (fewer if the split is smaller),
+    the same batches every call: stages of a run are compared on identical text."""
+    n_val = sum(s.tokens for s in read_manifest(val_manifest))
+    n_batches = max(1, min(max_batches, n_val // (batch_size * seq_len)))
+    vl = TokenLoader([str(val_manifest)], batch_size, seq_len, seed=0)
+    scored = model if width >= 1.0 else _AtWidth(model, width)
+    token_bytes = torch.as_tensor(tok.token_bytes(), dtype=torch.long)
+    return evaluate_bpb(scored, (next(vl) for _ in range(n_batches)), token_bytes)
+
+
+def quickstart(
+    out: str | Path = "runs/quickstart",
+    minutes: float = 5.0,
+    data: list[str] | None = None,
+    config: str = "tiny-cpu",
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    max_corpus_mb: float = 16.0,
+    curate_preset: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Run the pipeline; returns the path of report.md. `overwrite`: replace an earlier run in
+    `out` (otherwise refused before any work)."""
+    console = Console(stderr=True, quiet=not progress)
+    t_start = time.time()
+    cfg = check_args(out, minutes, config, overrides, max_corpus_mb, overwrite)
+    out = Path(out)
+
+    prep = prepare_data(out, data, cfg.model.vocab_size, max_corpus_mb, curate_preset, console, steps=6)
+    tok_path, train_manifest, val_manifest = prep.tokenizer, prep.train, prep.val
+    train_docs, val_docs, cur = prep.train_docs, prep.val_docs, prep.curation
     t_data = time.time() - t_start
 
     # 4. train
@@ -168,11 +225,7 @@ def quickstart(
     train_tokens = np.concatenate([load_tokens(s) for s in read_manifest(train_manifest)])
     val_tokens = np.concatenate([load_tokens(s) for s in read_manifest(val_manifest)])
     uni = unigram_bpb(train_tokens, val_tokens, token_bytes)
-    n_batches = max(1, min(40, len(val_tokens) // (cfg.train.batch_size * cfg.data.seq_len)))
-    vl = TokenLoader([str(val_manifest)], cfg.train.batch_size, cfg.data.seq_len, seed=0)
-    final = evaluate_bpb(
-        model, (next(vl) for _ in range(n_batches)), torch.as_tensor(token_bytes, dtype=torch.long)
-    )
+    final = held_out_bpb(model, tok, val_manifest, cfg.train.batch_size, cfg.data.seq_len)
 
     # 6. samples and report
     console.print("[bold]6/6 samples + report[/]")
