@@ -31,9 +31,27 @@ def inject(args: argparse.Namespace) -> None:
     )
 
 
+def widen(args: argparse.Namespace) -> None:
+    from adamba.surgery.widen import widen_checkpoint
+
+    path = widen_checkpoint(args.ckpt, args.out, args.d_model, args.mlp_hidden, args.noise, args.overwrite)
+    rec = json.loads((path.parent.parent / "surgery.json").read_text())
+    (d, D), (h, H) = rec["d_model"], rec["mlp_hidden"]
+    heads = ""
+    if "n_head" in rec:
+        heads = f", heads {rec['n_head'][0]} -> {rec['n_head'][1]} (KV {rec['n_kv_head'][0]} -> {rec['n_kv_head'][1]})"
+    sets = " ".join(f"--set {s}" for s in rec["set"])
+    print(
+        f"widen ({rec['method']}): d_model {d} -> {D}{heads}, MLP {h} -> {H} ({rec['mlp_method']}), "
+        f"{rec['params_before']:,} -> {rec['params_after']:,} params, max |logit change| "
+        f"{rec['max_abs_logit_diff']:.1e} -> {path}\n"
+        f"train it: adamba train --config ... --set train.init_from={args.out} {sets}"
+    )
+
+
 def register(sub) -> None:
     s = sub.add_parser(
-        "surgery", help="grow a checkpoint without changing its function: inject Mamba2 layers"
+        "surgery", help="grow a checkpoint without changing its function: inject Mamba2 layers, deepen, widen"
     )
     sub = s.add_subparsers(dest="surgery_command", required=True, metavar="COMMAND")
     i = sub.add_parser(
@@ -63,3 +81,43 @@ def register(sub) -> None:
     d.add_argument("--at", help="block indices to insert after (default: after every second block)")
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     d.set_defaults(func=inject)
+    w = sub.add_parser(
+        "widen",
+        help="grow d_model, heads, MLP/expert widths and Mamba2 heads (the logits stay the same)",
+        description="Widen a model to --d-model (and the MLP to --mlp-hidden) without changing what it "
+        "computes (checked on a batch before anything is written). A multiple of the current d_model "
+        "copies the residual stream, heads, units and Mamba2 heads (HyperCloning; readers divided by the "
+        "copies); any other width appends zero stream dims and new heads/units whose output starts at zero "
+        "(norm gains x sqrt(old/new), model.norm_eps x old/new, so every norm keeps its values). Old heads "
+        "and units stay the first slice. Writes OUT/checkpoints/step_000000 (with the tokenizer) and "
+        "OUT/surgery.json, whose `set` list holds the --set overrides a run from it needs. Not for models "
+        "with elastic heads or KDA layers.",
+    )
+    w.add_argument(
+        "--ckpt", required=True, help="run directory or checkpoint folder (a model without elastic heads)"
+    )
+    w.add_argument("--out", required=True, help="run directory for the widened checkpoint")
+    w.add_argument(
+        "--d-model",
+        type=int,
+        required=True,
+        metavar="N",
+        help="new d_model, >= the current one (a multiple duplicates; e.g. 2048 -> 2560 zero-grows)",
+    )
+    w.add_argument(
+        "--mlp-hidden",
+        type=int,
+        metavar="N",
+        help="new MLP hidden width (default: grows with d_model; a multiple of the current one duplicates "
+        "units, anything larger appends zero-output units)",
+    )
+    w.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="break the symmetry of copies: noise of X x std(weight) on the weights reading them, summing "
+        "to zero over the copies (the function is unchanged; default 0)",
+    )
+    w.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    w.set_defaults(func=widen)
