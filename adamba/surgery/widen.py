@@ -49,6 +49,11 @@ unchanged in exact arithmetic while their gradients differ. A weight is perturbe
 the dimension it reads (the embedding and a tied head never), so every copy still computes
 exactly what it did.
 
+Elastic heads (a model after Matryoshka training, as the plan widens it) widen with the stream:
+the gates and the predictor read rms_norm(h) without a gain, so the first Linear of each gets
+its columns tiled / f (duplicate) or its old columns x sqrt(d/D) and zeros for the new dims
+(zero-grow): every gate and predictor logit is kept (checked with the logits).
+
 Every widening checks the logits against the old model's on a random batch and refuses (writes
 nothing) beyond 1e-4.
 """
@@ -387,6 +392,11 @@ def _param_uses(name: str, model: LM, p: Plan) -> dict[int, Use]:
         return {1: writes}
     if name == "head.weight":
         return {1: reads}
+    if name.startswith("elastic."):  # gates / predictor: only their first Linear reads the stream
+        # they read rms_norm(h) (no gain, eps negligible): [h, 0] normalises to sqrt(D/d) x [h/rms, 0]
+        readers = {id(w) for w in _elastic_readers(model.elastic)}
+        first = id(dict(model.named_parameters())[name]) in readers
+        return {1: Use(S, reads=True, zero_new=True, scale=math.sqrt(p.eps_scale))} if first else {}
     parts = name.split(".")
     if parts[0] != "blocks":
         raise AdambaError(f"widen: no rule for parameter {name}; nothing written")
@@ -472,11 +482,6 @@ def widen(
     """(the widened model, a record of the surgery). New parameters are drawn from a fresh
     LM(new config) under `seed` (the global RNG is left as it was); `noise` breaks the symmetry
     of copies (module docstring)."""
-    if hasattr(model, "elastic"):
-        raise AdambaError(
-            "widen takes a model without elastic heads (their gates and predictor are sized to the old "
-            "model): widen before Matryoshka training, as the plan does"
-        )
     if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise AdambaError(f"--noise {noise!r}: give a finite number >= 0 (0: no noise)")
     p = plan_widen(model.cfg, d_model, mlp_hidden)
@@ -485,6 +490,10 @@ def widen(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         grown = LM(cfg)
+        if hasattr(model, "elastic"):
+            from adamba.model.elastic import attach_elastic
+
+            attach_elastic(grown, model.elastic.ecfg)
     gen = torch.Generator().manual_seed(seed + 1)
     old = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     fresh = grown.state_dict()
@@ -505,6 +514,8 @@ def widen(
     grown = grown.to(device)
     x = torch.randint(0, cfg.vocab_size, (2, min(64, cfg.max_seq_len)), device=device)
     diff = float((model.eval()(x)[0].float() - grown.eval()(x)[0].float()).abs().max())
+    if hasattr(model, "elastic"):
+        diff = max(diff, _elastic_diff(model, grown, x))
     if not diff <= TOLERANCE:
         raise AdambaError(
             f"widen changed the model's logits by {diff:.3g} (> {TOLERANCE:g}); nothing written"
@@ -530,6 +541,29 @@ def widen(
     if p.mheads is not None:
         record.update(mamba_heads=list(p.mamba_heads))
     return grown, record
+
+
+def _elastic_readers(heads) -> list[torch.Tensor]:
+    """The weights of the elastic heads that read the residual stream: each gate's first Linear
+    (a gate is Linear(d, 1) or Linear(d, g) -> ReLU -> Linear(g, 1)) and the predictor's."""
+    gates = [*heads.gates, *(g for s in heads.width_gates for g in s)]
+    return [(g[0] if isinstance(g, torch.nn.Sequential) else g).weight for g in gates] + [
+        heads.predictor[0].weight
+    ]
+
+
+@torch.no_grad()
+def _elastic_diff(model: LM, grown: LM, x: torch.Tensor) -> float:
+    """Largest change of a gate or predictor logit (every layer, every gate set) on `x`."""
+    from adamba.model.elastic import run_layers
+
+    n = model.cfg.n_layer
+    (_, hs), (_, hg) = run_layers(model, x, [1.0] * n, keep=True), run_layers(grown, x, [1.0] * n, keep=True)
+    e, eg = model.elastic, grown.elastic
+    out = [e.predictor_logits(hs[0].mean(1)) - eg.predictor_logits(hg[0].mean(1))]
+    for w in [1.0, *e.narrow]:
+        out += [e.gate_logit(i, hs[i], w) - eg.gate_logit(i, hg[i], w) for i in range(n - 1)]
+    return max(float(t.abs().max()) for t in out)
 
 
 def widen_checkpoint(

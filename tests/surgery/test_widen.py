@@ -194,10 +194,36 @@ def test_noise_keeps_the_function_and_breaks_the_copies():
     assert torch.equal(n["embed.weight"], p["embed.weight"])  # what makes the stream copies: untouched
 
 
-def test_refusals():
+@pytest.mark.parametrize("d_model", [64, 48])
+@pytest.mark.parametrize("gate_hidden", [0, 8])
+def test_elastic_heads_widen_with_the_model(d_model, gate_hidden):
+    """The gates (per width too) and the predictor read the widened stream: every logit kept."""
     from adamba.config import ElasticConfig
-    from adamba.model.elastic import attach_elastic
+    from adamba.model.elastic import attach_elastic, run_layers
 
+    model = random_lm(pattern="AM", mamba=MAMBA, **GQA)
+    ecfg = ElasticConfig(enabled=True, widths=[0.5, 1.0], gate_per_width=True, gate_hidden=gate_hidden)
+    attach_elastic(model, ecfg)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.elastic.parameters():
+            p.normal_(0, 0.5)
+    wide, rec = widen(model, d_model)
+    assert rec["max_abs_logit_diff"] < 1e-4 and logit_diff(model, wide) < 1e-4
+    x = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        (_, h), (_, hw) = (
+            run_layers(model, x, [1.0, 1.0], keep=True),
+            run_layers(wide, x, [1.0, 1.0], keep=True),
+        )
+        for w in (1.0, 0.5):
+            a, b = model.elastic.gate_logit(0, h[0], w), wide.elastic.gate_logit(0, hw[0], w)
+            assert a.abs().max() > 0.3 and (a - b).abs().max() < 1e-4
+        a, b = model.elastic.predictor_logits(h[0].mean(1)), wide.elastic.predictor_logits(hw[0].mean(1))
+        assert (a - b).abs().max() < 1e-4
+
+
+def test_refusals():
     model = random_lm(**GQA)
     with pytest.raises(AdambaError, match="smaller|>= the model's d_model 32"):
         widen(model, 16)
@@ -211,8 +237,6 @@ def test_refusals():
         widen(model, 64, noise=-1.0)
     with pytest.raises(AdambaError, match="KDA .* not supported yet"):
         widen(LM(model_config(BASE, pattern="AK")), 64)
-    with pytest.raises(AdambaError, match="without elastic heads"):
-        widen(attach_elastic(LM(model_config(BASE)), ElasticConfig(enabled=True, widths=[0.5, 1.0])), 64)
 
 
 HYBRID = ["model.pattern=AM", "model.mamba.ffn=none"] + [f"model.mamba.{k}={v}" for k, v in MAMBA.items()]
