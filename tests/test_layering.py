@@ -26,6 +26,7 @@ LEVELS = {
     "post": 8,
     "serve": 8,
     "quickstart": 9,
+    "grow": 9.5,  # the plan route in miniature: reuses quickstart's data stages
     "cli": 10,
     "__main__": 11,
     "__init__": 11,

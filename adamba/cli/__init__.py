@@ -10,7 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adamba.cli import chat, data, estimate, evaluate, hf, phases, quickstart, sample, serve, surgery, train
+from adamba.cli import (
+    chat,
+    data,
+    estimate,
+    evaluate,
+    grow,
+    hf,
+    phases,
+    quickstart,
+    sample,
+    serve,
+    surgery,
+    train,
+)
 from adamba.errors import AdambaError
 
 GROUPS = (
@@ -24,6 +37,7 @@ GROUPS = (
     surgery,
     hf,
     quickstart,
+    grow,
     data,
 )  # the order `adamba --help` lists them in
 
