@@ -188,6 +188,18 @@ class LM(nn.Module):
                 loss = loss + self.aux_loss
         return logits, loss
 
+    @torch.no_grad()
+    def moe_report(self) -> dict:
+        """What the trainer logs of the last routing ({} without MoE layers): the mean
+        load-balancing loss (1 x top_k when balanced, before aux_weight) and the most loaded
+        expert's share relative to an even split (1.0 = perfectly even), over the MoE layers."""
+        moes = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE) and b.mlp.stats is not None]
+        if not moes:
+            return {}
+        bal = sum(float(balance_loss(m.stats, m.n_experts)) for m in moes) / len(moes)
+        load = max(float(m.stats.counts.max() / m.stats.counts.mean().clamp(min=1e-9)) for m in moes)
+        return {"moe_balance": bal, "moe_max_load": load}
+
     def _moe_aux(self) -> torch.Tensor | None:
         """model.moe.aux_weight x the mean load-balancing loss of the MoE layers' last routing
         (None without MoE layers). The lm objective logs the loss without it."""

@@ -403,6 +403,7 @@ class Trainer:
         self.phase_step += 1
         self.tokens_seen += ph.tokens_per_step
         row = {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
+        row.update(self.model.moe_report() if hasattr(self.model, "moe_report") else {})  # MoE routing
         if self.skipped:
             row["skipped_steps"] = self.skipped
         return row

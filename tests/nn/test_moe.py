@@ -131,6 +131,8 @@ def test_moe_layers_in_the_model_train_and_log_the_loss_without_the_aux(tiny_dat
     trainer.run(load_config("tiny-cpu", over))
     rows = read_metrics(out / "metrics.jsonl")
     assert len(rows) == 4 and all(r["loss"] == r["loss"] for r in rows)
+    # the routing is logged: balance loss (~top_k = 2 when even, at most E x top_k = 8), max load
+    assert all(0.0 < r["moe_balance"] <= 8.0 and 1.0 <= r["moe_max_load"] <= 4.0 for r in rows)
     m2, tok, _ = load_model(out)
     assert all(isinstance(b.mlp, MoE) for b in m2.blocks)
     y = torch.randint(0, m2.cfg.vocab_size, (1, 8))
