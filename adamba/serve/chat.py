@@ -38,6 +38,13 @@ class ChatSession:
     notes: list[str] = field(default_factory=list)  # what the session did on its own (trimming)
     stats: dict = field(default_factory=dict)  # the last reply's compute-mode accounting
 
+    def __post_init__(self) -> None:
+        if self.tokenizer.foreign:
+            raise AdambaError(
+                "this checkpoint's tokenizer was imported and has no adamba chat tokens (<|user|>, <|end|> ...): "
+                "chat needs a model trained with adamba's tokenizer; use adamba sample for plain completion"
+            )
+
     def reset(self) -> None:
         self.messages = []
 

@@ -174,9 +174,13 @@ def test_import_matches_transformers(case, hf_tokenizer, tmp_path):
     torch.manual_seed(0)
     hf = randomised(transformers.AutoModelForCausalLM.from_config(hc))
     src = save_hf(hf, hf_tokenizer, tmp_path / "src")
-    if case == "llama":  # the command line, as a user runs it
+    if case == "llama":  # the command line, as a user runs it; sample works, chat says why not
         res = adamba("import", "hf", str(src), "--out", str(tmp_path / "run"))
         assert res.returncode == 0 and "imported llama" in res.stdout, res.stderr
+        res = adamba("sample", "--ckpt", str(tmp_path / "run"), "--prompt", "def", "--max-new-tokens", "5")
+        assert res.returncode == 0, res.stderr
+        res = adamba("chat", "--ckpt", str(tmp_path / "run"), "--max-new-tokens", "8")
+        assert_clean_error(res, "no adamba chat tokens")
     else:
         assert import_hf(src, tmp_path / "run").parent.parent == tmp_path / "run"
     ours, tok, _ = load_model(tmp_path / "run")
