@@ -308,3 +308,16 @@ def test_help(capsys):
         main(["surgery", "widen", "--help"])
     text = capsys.readouterr().out
     assert "--d-model" in text and "--mlp-hidden" in text and "--noise" in text
+
+
+def test_plan_presets_are_what_widening_makes():
+    """plan-d32 widened to 2560 is plan-d2560's model, and that widened to 4096 is plan-d4096's
+    (heads, MLP, Mamba2 and norm_eps included), so train.init_from accepts each surgery's output."""
+    from adamba.config import load_config
+    from adamba.surgery.widen import plan_widen, widened_config
+
+    model = load_config("plan-d32").model
+    for nxt, d in (("plan-d2560", 2560), ("plan-d4096", 4096)):
+        grown, want = widened_config(model, plan_widen(model, d)), load_config(nxt).model
+        assert grown == want.validate(), nxt
+        model = want
