@@ -15,8 +15,8 @@ EXAMPLES = """examples:
   adamba estimate --config plan-d32 --config plan-d2560 --config plan-d4096 \\
       --gpus 8 --gpu h200 --price 1.96 --hours mamba=15 --hours matryoshka=12
 
-  # is a claimed throughput plausible? the MFU 77k tokens/s implies (GPT-OSS-style MoE, top-4 of 32)
-  adamba estimate --config plan-gptoss --moe 32:4 --gpus 8 --gpu h200 --tokens-per-s 77000
+  # is a claimed throughput plausible? the MFU 77k tokens/s implies (GPT-OSS-20B + Mamba2: MoE layers, top-4 of 32)
+  adamba estimate --config plan-gptoss --gpus 8 --gpu h200 --tokens-per-s 77000
 """
 
 
@@ -116,7 +116,8 @@ def register(sub) -> None:
     p.add_argument(
         "--moe",
         metavar="E:K[:UNITS]",
-        help="count every MLP as top-K of E experts of UNITS hidden units (default: the MLP's) + router",
+        help="price every dense MLP as top-K of E experts of UNITS hidden units (default: the MLP's) + router "
+        '(a what-if; model.ffn = "moe" layers are counted as they are)',
     )
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value in every config"

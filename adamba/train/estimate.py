@@ -21,6 +21,7 @@ from torch import nn
 from adamba.config import Config
 from adamba.errors import AdambaError
 from adamba.model.flops import MoE, TrainFlops, head_flops, train_flops
+from adamba.nn.moe import MoE as MoELayer
 from adamba.train.objectives import OBJECTIVES
 from adamba.train.phases import Phase, plan, trainable
 
@@ -104,9 +105,13 @@ def sizes(model: nn.Module, trained: set[str], moe: MoE | None) -> tuple[int, in
     n_trained = sum(params[n].numel() for n in trained)
     skip = {id(model.embed.weight)} | {id(p) for n, p in params.items() if n.startswith("elastic.")}
     active = sum(p.numel() for p in params.values() if p.ndim >= 2 and id(p) not in skip)
+    for b in model.blocks:  # MoE layers: a token goes through top_k of the experts
+        if isinstance(b.mlp, MoELayer):
+            m = b.mlp
+            active -= (m.gate_up_proj.numel() + m.down_proj.numel()) * (m.n_experts - m.top_k) // m.n_experts
     if moe is not None:
         for name, b in model.blocks.named_children():
-            if b.mlp is None:
+            if b.mlp is None or isinstance(b.mlp, MoELayer):  # --moe prices dense MLPs only
                 continue
             m, d = b.mlp, model.cfg.d_model
             dense = sum(p.numel() for p in m.parameters())

@@ -195,17 +195,23 @@ def test_hours_in_tokens_out_and_back():
 def test_gptoss_claim_implies_an_mfu():
     """The GPT-OSS route's phase 1: 22.7B parameters, top-4 of 32 experts, ~2B Mamba trainable,
     attention + experts frozen, ~77k tokens/s on 8 x H200."""
-    moe = MoE(n_experts=32, top_k=4)
-    cluster, out = rows(["plan-gptoss"], moe=moe)
+    cluster, out = rows(["plan-gptoss"])  # real MoE layers: 32 experts, top-4
     (r,) = out
     assert 22.4e9 < r.params < 23.0e9 and 1.6e9 < r.trained < 2.2e9
     mfu = est.implied_mfu(77_000, r.flops.total, cluster)
     assert mfu == pytest.approx(77_000 * r.flops.total / (8 * 989e12))
     assert 0.15 < mfu < 0.4  # plausible: below the 0.4 the plan's other phases assume
-    # without the Mamba layers the model is GPT-OSS-20B: 20.9B parameters
+    # without the Mamba layers the model is GPT-OSS-20B: 20.9B parameters, 3.6B active
     bare = load_config("plan-gptoss", ["model.pattern=A", "model.n_layer=24"])
-    total, _, _ = est.sizes(est.build(bare), set(), moe)
-    assert total == pytest.approx(20.9e9, rel=0.01)
+    total, _, active = est.sizes(est.build(bare), set(), None)
+    assert total == pytest.approx(20.9e9, rel=0.01) and active == pytest.approx(3.6e9, rel=0.01)
+    # the same shape with dense MLPs priced by --moe 32:4 gives the same total
+    dense = load_config(
+        "plan-gptoss", ["model.pattern=A", "model.n_layer=24", "model.ffn=mlp", "model.mlp.act=swiglu"]
+    )
+    dense.model.mlp.ratio = 1.0
+    total2, _, _ = est.sizes(est.build(dense), set(), MoE(n_experts=32, top_k=4))
+    assert total2 == pytest.approx(total, rel=0.01)
 
 
 def test_objectives_are_priced_by_what_they_run():
@@ -227,7 +233,7 @@ def test_estimate_cli(capsys):
     from adamba.cli import main
 
     main(
-        ["estimate", "--config", "plan-gptoss", "--moe", "32:4", "--gpus", "8", "--gpu", "h200"]
+        ["estimate", "--config", "plan-gptoss", "--gpus", "8", "--gpu", "h200"]
         + ["--price", "1.96", "--tokens-per-s", "77000"]
     )
     out = capsys.readouterr().out
