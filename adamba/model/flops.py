@@ -42,7 +42,7 @@ def layer_flops(block: nn.Module, d_model: int, width: float, ctx: int, kv_heads
     else:
         f = mixer_matmul_flops(block.mixer)
     if block.mlp is not None and hasattr(block.mlp, "n_experts"):
-        f += moe_flops(d_model, block.mlp.hidden, block.mlp.top_k, block.mlp.n_experts)
+        f += moe_flops(d_model, block.mlp.units_at(width), block.mlp.top_k, block.mlp.n_experts)
     elif block.mlp is not None:
         f += mlp_flops(block.mlp, d_model, block.mlp.units_at(width))
     return f
@@ -175,11 +175,11 @@ def block_matmuls(
         )
         out = {"mixer": (mixer_matmul_flops(block.mixer), scan_flops(block.mixer), float(inp))}
     if block.mlp is not None and hasattr(block.mlp, "n_experts"):  # an MoE layer of the model
-        m = block.mlp
+        m, units = block.mlp, block.mlp.units_at(width)
         out["mlp"] = (
-            moe_flops(d_model, m.hidden, m.top_k, m.n_experts),
+            moe_flops(d_model, units, m.top_k, m.n_experts),
             0.0,
-            2.0 * d_model * m.n_experts + m.top_k * 4.0 * d_model * m.hidden,
+            2.0 * d_model * m.n_experts + m.top_k * 4.0 * d_model * units,
         )
     elif block.mlp is not None:
         units = block.mlp.units_at(width)

@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from adamba.config import ModelConfig
-from adamba.errors import AdambaError
 from adamba.model.cache import KVCache
 from adamba.nn.mlp import MLP
 from adamba.nn.moe import MoE, RouterStats, balance_loss
@@ -57,16 +56,12 @@ class Block(nn.Module):
         return self._forward(x, state, width)
 
     def _forward(self, x: torch.Tensor, state=None, width: float = 1.0) -> torch.Tensor:
-        """width < 1: Matryoshka sub-layer (attention heads + MLP units); M/K mixers stay full."""
+        """width < 1: Matryoshka sub-layer (attention heads + MLP or expert units); M/K mixers stay full."""
         if width < 1.0 and self.kind == "A":
             x = x + self.mixer(self.norm1(x), state, width)
         else:
             x = x + self.mixer(self.norm1(x), state)
         if self.mlp is not None:
-            if width < 1.0 and isinstance(self.mlp, MoE):
-                raise AdambaError(
-                    "Matryoshka widths of MoE layers are not supported yet (elastic with model.ffn=moe)"
-                )
             x = x + (self.mlp(self.norm2(x), width) if width < 1.0 else self.mlp(self.norm2(x)))
         return x
 

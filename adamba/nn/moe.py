@@ -68,9 +68,21 @@ class MoE(nn.Module):
         up = up.clamp(-self.limit, self.limit)
         return (up + 1) * gate * torch.sigmoid(gate * self.alpha)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def units_at(self, width: float) -> int:
+        """Units of every expert kept at a Matryoshka width: the first round(w * hidden), at least
+        1 (the router is the same at every width: a token meets the same experts, narrower)."""
+        return self.hidden if width >= 1.0 else min(self.hidden, max(1, round(width * self.hidden)))
+
+    def forward(
+        self, x: torch.Tensor, width: float = 1.0, row_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """width < 1: each expert's first units (gate/up are interleaved per unit, so the first
+        2n columns of gate_up_proj); row_mask [B, 1, units] zeroes a row's units past its own
+        width (rows of several widths in one pass, as the MLP's)."""
         shape = x.shape
         h = x.reshape(-1, shape[-1])
+        n = self.units_at(width)
+        mask = None if row_mask is None else row_mask.expand(shape[0], shape[1], -1).reshape(-1, n)
         logits = self.router(h)  # [N, E]
         top, idx = torch.topk(logits, self.top_k, dim=-1)
         weights = F.softmax(top, dim=-1, dtype=top.dtype)  # over the chosen k
@@ -80,15 +92,17 @@ class MoE(nn.Module):
         token = order // self.top_k  # the token of each sorted assignment
         out = torch.zeros_like(h)
         start = 0
-        for e, n in enumerate(counts.tolist()):
-            if n == 0:
+        for e, c in enumerate(counts.tolist()):
+            if c == 0:
                 continue
-            rows = order[start : start + n]
-            t = token[start : start + n]
-            y = self.activation(h[t] @ self.gate_up_proj[e] + self.gate_up_proj_bias[e])
-            y = y @ self.down_proj[e] + self.down_proj_bias[e]
+            rows = order[start : start + c]
+            t = token[start : start + c]
+            y = self.activation(h[t] @ self.gate_up_proj[e, :, : 2 * n] + self.gate_up_proj_bias[e, : 2 * n])
+            if mask is not None:
+                y = y * mask[t]
+            y = y @ self.down_proj[e, :n] + self.down_proj_bias[e]
             out.index_add_(0, t, (y * weights.reshape(-1)[rows, None]).to(out.dtype))
-            start += n
+            start += c
         self.stats = RouterStats(
             counts.to(logits.dtype), F.softmax(logits, -1, dtype=torch.float32).sum(0), h.shape[0]
         )

@@ -137,3 +137,40 @@ def test_moe_layers_in_the_model_train_and_log_the_loss_without_the_aux(tiny_dat
     assert all(isinstance(b.mlp, MoE) for b in m2.blocks)
     y = torch.randint(0, m2.cfg.vocab_size, (1, 8))
     assert torch.equal(m2(y)[0], m2(y)[0])
+
+
+def test_matryoshka_width_is_the_experts_first_units():
+    """At width w every expert keeps its first units: the same as an MoE of that many units built
+    from the sliced weights (gate/up interleaved per unit); a row mask gives each row its own."""
+    _, ours, _ = gpt_oss_mlp(hidden=24)
+    x = torch.randn(3, 5, 32)
+    n = ours.units_at(0.5)
+    small = MoE(32, 6, 2, n, ours.alpha, ours.limit)
+    with torch.no_grad():
+        small.router.load_state_dict(ours.router.state_dict())
+        small.gate_up_proj.copy_(ours.gate_up_proj[:, :, : 2 * n])
+        small.gate_up_proj_bias.copy_(ours.gate_up_proj_bias[:, : 2 * n])
+        small.down_proj.copy_(ours.down_proj[:, :n])
+        small.down_proj_bias.copy_(ours.down_proj_bias)
+    narrow = ours(x, 0.5)
+    assert n == 12 and torch.allclose(narrow, small(x), atol=1e-5)
+    assert (narrow - ours(x)).abs().max() > 1e-2  # the width does change the output
+    mask = (torch.arange(24) < torch.tensor([24, 12, 24])[:, None]).float()[:, None, :]  # rows: 1, 0.5, 1
+    mixed = ours(x, 1.0, mask)
+    assert torch.allclose(mixed[1], narrow[1], atol=1e-5) and torch.allclose(mixed[0], ours(x)[0], atol=1e-5)
+
+
+def test_elastic_training_with_moe_layers(tiny_data, tmp_path):
+    """elastic.enabled with model.ffn = moe: Matryoshka widths train, the compute modes decode."""
+    from adamba.checkpoint import load_model
+    from adamba.config import load_config
+    from adamba.eval.efficiency import efficiency_lines
+    from adamba.train import trainer
+    from tests.helpers import elastic_overrides
+
+    out = tmp_path / "el"
+    over = elastic_overrides(tiny_data, out, steps=4) + ["model.ffn=moe", "model.moe.n_experts=4"]
+    trainer.run(load_config("tiny-cpu", over))
+    model, tok, ck = load_model(out)
+    lines = efficiency_lines(model, tok, ck, None, 2, decode_batch=2)
+    assert any(ln.strip().startswith("ghost") for ln in lines)
