@@ -148,8 +148,10 @@ def lm_to_hf(model: LM) -> tuple[object, dict[str, torch.Tensor]]:
             "KDA layers have no transformers twin to export to: Kimi Linear pairs KDA with MLA attention and "
             "MoE, not adamba's GQA attention and MLP"
         )
-    if "moe" in model.cfg.layer_ffns():
-        raise AdambaError("export of MoE models is not supported yet (GPT-OSS import is)")
+    if "moe" in model.cfg.layer_ffns():  # GPT-OSS; it refuses what is not all attention + MoE
+        from adamba.hf import gpt_oss
+
+        return gpt_oss.from_adamba(model)
     if kinds == {"A"}:
         return llama.from_adamba(model)
     if kinds == {"M"} and set(model.cfg.layer_ffns()) == {"none"}:

@@ -1,4 +1,4 @@
-"""GPT-OSS -> adamba: attention layers (GQA with biases and attention sinks, a sliding window on
+"""GPT-OSS <-> adamba: attention layers (GQA with biases and attention sinks, a sliding window on
 the layers layer_types names sliding, YaRN RoPE, no QK-norm) each followed by a GPT-OSS MoE.
 
 adamba's MoE (adamba/nn/moe.py) keeps GPT-OSS's expert layout (gate_up_proj [E, d, 2H] with gate
@@ -6,10 +6,19 @@ and up interleaved, down_proj [E, H, d], biases, a router with bias), so the exp
 one; our fused qkv_proj is q, k, v stacked. The released checkpoints store the expert matrices in
 MXFP4 (`..._blocks` / `..._scales`, adamba/hf/mxfp4.py): they are dequantised here to the
 checkpoint's dtype and transposed to the [E, in, out] layout the model multiplies with.
-tests/hf/test_gpt_oss.py checks the logits and greedy generation of a tiny random GptOssForCausalLM.
+
+Export (`from_adamba`) takes models of attention layers with a MoE in every layer. GPT-OSS always
+has attention biases and sinks: a model without biases gets zero ones, a model without sinks gets
+sinks of NO_SINK (-1000): exp(-1000 - max logit) is exactly 0 in float32 (and in bf16 / fp16),
+so the sink adds nothing to the softmax denominator. Import gives both back as absent when it
+finds exactly those values, so adamba -> GPT-OSS -> adamba returns the same model.
+tests/hf/test_gpt_oss.py checks the logits and greedy generation of a tiny random GptOssForCausalLM,
+and both directions of the export.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -20,6 +29,8 @@ from adamba.hf.mxfp4 import dequantize
 MODEL_TYPES = ("gpt_oss",)
 MAX_SEQ = 4096  # adamba's initial RoPE table length (the tables grow on demand)
 LETTERS = {"sliding_attention": "S", "full_attention": "F"}
+NAMES = {letter: name for name, letter in LETTERS.items()}
+NO_SINK = -1000.0  # the sink of an exported model without sinks: exp(NO_SINK - max logit) == 0
 
 
 def _period(s: str) -> str:
@@ -160,4 +171,139 @@ def to_adamba(hf: dict, sd: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict[
                 out[f"{q}mlp.{name}_bias"] = sd[f"{m}experts.{name}_bias"]
     except KeyError as e:
         raise AdambaError(f"GPT-OSS weights lack {e.args[0]} (not a GptOssForCausalLM state dict?)") from None
+    _drop_exported_stand_ins(cfg, out)
     return cfg, out
+
+
+def _drop_exported_stand_ins(cfg: ModelConfig, out: dict[str, torch.Tensor]) -> None:
+    """What `from_adamba` writes for a model without sinks (every sink NO_SINK) or without
+    attention biases (every one 0) comes back as absent: the same function, and adamba ->
+    GPT-OSS -> adamba gives back the model it started from."""
+    blocks = [f"blocks.{i}.mixer." for i in range(cfg.n_layer)]
+    if all(bool((out[b + "sinks"] == NO_SINK).all()) for b in blocks):
+        cfg.attn.sinks = False
+        for b in blocks:
+            del out[b + "sinks"]
+    biases = [b + n for b in blocks for n in ("qkv_proj.bias", "o_proj.bias")]
+    if cfg.attn.bias and all(not out[k].any() for k in biases):
+        cfg.attn.bias = False
+        for k in biases:
+            del out[k]
+
+
+def _refuse(cfg: ModelConfig) -> None:
+    """One line naming what GPT-OSS cannot compute of an adamba model."""
+    kinds, ffns, a = cfg.layer_types(), cfg.layer_ffns(), cfg.attn
+    other = sorted(set(kinds) - {"A"})
+    if other:
+        raise AdambaError(
+            f"GPT-OSS has attention layers only: model.pattern={cfg.pattern!r} has {', '.join(other)} layers"
+        )
+    dense = sorted(set(ffns) - {"moe"})
+    if dense:
+        where = [i for i, f in enumerate(ffns) if f != "moe"]
+        raise AdambaError(
+            f"GPT-OSS has a MoE feed-forward in every layer: model.ffn={cfg.ffn!r} gives layers {where} "
+            f"{' / '.join(dense)} (a model with MLPs exports to Llama / Mistral / Qwen3)"
+        )
+    if a.qk_norm:
+        raise AdambaError("GPT-OSS has no QK-norm (model.attn.qk_norm=true)")
+    if not a.use_rope:
+        raise AdambaError("GPT-OSS always uses RoPE (model.attn.use_rope=false)")
+    from transformers import GptOssConfig
+
+    known = set(getattr(GptOssConfig, "__dataclass_fields__", {})) | set(
+        inspect.signature(GptOssConfig.__init__).parameters
+    )
+    for key, value, default in (
+        ("swiglu_alpha", cfg.moe.swiglu_alpha, 1.702),
+        ("swiglu_limit", cfg.moe.swiglu_limit, 7.0),
+    ):
+        if value != default and key not in known:
+            raise AdambaError(
+                f"this transformers' GPT-OSS fixes {key} at {default}: model.moe.{key}={value} needs a newer transformers"
+            )
+
+
+def _rope_parameters(a: AttnConfig) -> dict:
+    if a.rope_scaling != "yarn":
+        return {"rope_type": "default", "rope_theta": float(a.rope_theta)}
+    rope = {
+        "rope_type": "yarn",
+        "rope_theta": float(a.rope_theta),
+        "factor": float(a.yarn_factor),
+        "original_max_position_embeddings": int(a.yarn_original_max),
+        "beta_fast": float(a.yarn_beta_fast),
+        "beta_slow": float(a.yarn_beta_slow),
+        "truncate": bool(a.yarn_truncate),
+    }
+    if a.yarn_attention_factor:  # 0: transformers' own default, 0.1 ln(factor) + 1, as adamba's
+        rope["attention_factor"] = float(a.yarn_attention_factor)
+    return rope
+
+
+def from_adamba(model) -> tuple[object, dict[str, torch.Tensor]]:
+    """(GptOssConfig, state dict under transformers' names) of an adamba LM of attention layers
+    with a MoE in every layer and no QK-norm. Attention biases and sinks the model lacks are
+    written as zeros and NO_SINK (see the module doc); a model without any sliding layer still
+    gets a sliding_window (transformers builds the sliding mask regardless): its context length,
+    where a window changes nothing."""
+    cfg: ModelConfig = model.cfg
+    _refuse(cfg)
+    from transformers import GptOssConfig
+
+    a, m0 = cfg.attn, model.blocks[0].mlp
+    letters = ["S" if a.window_at(i) else "F" for i in range(cfg.n_layer)]
+    rope = _rope_parameters(a)
+    if rope["rope_type"] == "yarn":  # the context YaRN extends to (transformers warns otherwise)
+        max_pos = max(1, round(a.yarn_factor * a.yarn_original_max))
+    else:
+        max_pos = max(cfg.max_seq_len, a.window)
+    hc = GptOssConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=m0.hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=a.n_head,
+        num_key_value_heads=a.n_kv_head,
+        head_dim=a.head_dim,
+        layer_types=[NAMES[c] for c in letters],
+        sliding_window=int(a.window or max_pos),
+        num_local_experts=m0.n_experts,
+        num_experts_per_tok=m0.top_k,
+        max_position_embeddings=int(max_pos),
+        rope_parameters=rope,
+        rms_norm_eps=float(cfg.norm_eps),
+        initializer_range=float(cfg.init_std),
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=True,
+        router_aux_loss_coef=float(cfg.moe.aux_weight),
+        swiglu_alpha=float(m0.alpha),
+        swiglu_limit=float(m0.limit),
+    )
+    sd = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
+    if not cfg.tie_embeddings:
+        sd["lm_head.weight"] = model.head.weight
+    for i, b in enumerate(model.blocks):
+        p, m, e = f"model.layers.{i}.", b.mixer, b.mlp
+        at = p + "self_attn."
+        w = m.qkv_proj.weight
+        for n, t in zip("qkv", w.split([m.q_dim, m.kv_dim, m.kv_dim])):
+            sd[f"{at}{n}_proj.weight"] = t
+        sd[at + "o_proj.weight"] = m.o_proj.weight
+        if a.bias:
+            for n, t in zip("qkv", m.qkv_proj.bias.split([m.q_dim, m.kv_dim, m.kv_dim])):
+                sd[f"{at}{n}_proj.bias"] = t
+            sd[at + "o_proj.bias"] = m.o_proj.bias
+        else:
+            for n, size in zip("qkvo", (m.q_dim, m.kv_dim, m.kv_dim, cfg.d_model)):
+                sd[f"{at}{n}_proj.bias"] = w.new_zeros(size)
+        sd[at + "sinks"] = m.sinks if m.sinks is not None else w.new_full((a.n_head,), NO_SINK)
+        sd[p + "input_layernorm.weight"] = b.norm1.weight
+        sd[p + "post_attention_layernorm.weight"] = b.norm2.weight
+        sd[p + "mlp.router.weight"] = e.router.weight
+        sd[p + "mlp.router.bias"] = e.router.bias
+        for name in ("gate_up_proj", "down_proj"):
+            sd[f"{p}mlp.experts.{name}"] = getattr(e, name)
+            sd[f"{p}mlp.experts.{name}_bias"] = getattr(e, name + "_bias")
+    return hc, sd
