@@ -55,11 +55,11 @@ def register(sub) -> None:
     esub = e.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
     h = esub.add_parser(
         "hf",
-        help="a folder AutoModelForCausalLM loads: Llama / Mistral / Qwen3, Mamba2 or Bamba",
+        help="a folder AutoModelForCausalLM loads: Llama / Mistral / Qwen3, Mamba2, Bamba or GPT-OSS",
         description="Write the transformers architecture that computes the same function: dense models "
         "to Llama (Qwen3 with QK-norm, Mistral with a sliding window; a ReLU^2 MLP as a relu-gated one "
         "with gate = up), Mamba2-only models to Mamba2, attention + Mamba2 hybrids to Bamba where it "
-        "fits (no QK-norm, SwiGLU); KDA and what does not fit are refused with the reason. The folder is "
+        "fits (no QK-norm, SwiGLU), attention + MoE models to GPT-OSS; KDA and what does not fit are refused with the reason. The folder is "
         "loaded back with transformers and its logits compared with adamba's before it is kept "
         "(needs transformers: pip install 'adamba[hf]').",
     )

@@ -132,7 +132,7 @@ def from_adamba(model) -> tuple[object, dict[str, torch.Tensor]]:
     bad = gpt_oss_features(a)
     if bad:
         raise AdambaError(
-            f"Llama / Mistral / Qwen3 have no {', '.join(bad)} (GPT-OSS attention is import-only so far)"
+            f"Llama / Mistral / Qwen3 have no {', '.join(bad)} (an all-MoE attention model with them exports as GPT-OSS)"
         )
     from transformers import LlamaConfig, MistralConfig, Qwen3Config
 
