@@ -316,7 +316,7 @@ class DataConfig:
 DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
-OBJECTIVES = ("lm", "elastic", "gate-calibration")  # adamba/train/objectives.py registers them
+OBJECTIVES = ("lm", "sft", "elastic", "gate-calibration")  # adamba/train/objectives.py registers them
 
 
 @dataclass
@@ -438,7 +438,7 @@ class PhaseConfig:
     elastic.enabled: `elastic`, then `gate-calibration`)."""
 
     name: str = ""  # default: phase<i>
-    objective: str = "lm"  # lm | elastic | gate-calibration
+    objective: str = "lm"  # lm | sft (chat data with a loss mask) | elastic | gate-calibration
     steps: int = 0  # the phase's length in optimizer steps ...
     tokens: int = 0  # ... or in training tokens (rounded up to whole steps); one of the two
     data: list[str] = field(default_factory=list)  # manifests, shard folders, stages; [] = data.train
@@ -499,7 +499,7 @@ class Config:
         self.elastic.validate()
         for i, ph in enumerate(self.phase):
             ph.validate(f"phase.{i}")
-            if ph.objective != "lm" and not self.elastic.enabled:
+            if ph.objective in ("elastic", "gate-calibration") and not self.elastic.enabled:
                 raise AdambaError(
                     f"phase.{i} ({ph.name or ph.objective}) uses the {ph.objective!r} objective: set elastic.enabled=true"
                 )

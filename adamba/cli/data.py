@@ -3,6 +3,7 @@
 adamba data curate    INPUT... --out DIR [--preset web|code|dedup]
 adamba data tokenizer INPUT... --vocab-size N --out tokenizer.json
 adamba data shards    INPUT... --tokenizer tokenizer.json --out DIR [--workers N]
+adamba data chat     INPUT... --format qa|sharegpt|glaive|toolbench --tokenizer tokenizer.json --out DIR
 adamba data verify    PATH...              (manifests, shard folders, stages, snapshots)
 adamba data mix       STAGE.toml [--freeze VERSION --out DIR]
 adamba data inspect   PATH                 (manifest, shard folder, stage or snapshot)
@@ -29,7 +30,7 @@ def _print(lines: list[str]) -> None:
 
 def register(sub) -> None:
     """Add `adamba data ...` to the top-level `adamba` subparsers."""
-    data = sub.add_parser("data", help="data pipeline: curate, tokenizer, shards, verify, mix, inspect")
+    data = sub.add_parser("data", help="data pipeline: curate, tokenizer, shards, chat, verify, mix, inspect")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer and report its compression")
@@ -70,6 +71,21 @@ def register(sub) -> None:
             )
         )
     )
+
+    c = sub.add_parser(
+        "chat",
+        help="render chat / QA records into SFT shards with a loss mask (assistant tokens only)",
+        description="Parse chat records (OpenAI/ShareGPT messages with tool calls, Glaive, ToolBench, or "
+        "question/answer pairs such as GSM8K's), render them with adamba's chat template and write token "
+        'shards with a loss mask beside each: a phase with objective = "sft" trains only on the '
+        "assistant's tokens. Malformed records are counted and skipped.",
+    )
+    c.add_argument("inputs", nargs="+", help="JSONL, JSON (a list) or Parquet files")
+    c.add_argument("--format", required=True, choices=["qa", "sharegpt", "glaive", "toolbench"])
+    c.add_argument("--tokenizer", required=True, help="tokenizer.json (adamba's: it has the chat tokens)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--limit", type=int, default=0, help="read at most this many records (0: all)")
+    c.set_defaults(func=lambda a: _print(commands.chat_cmd(a.inputs, a.format, a.tokenizer, a.out, a.limit)))
 
     v = sub.add_parser("verify", help="re-hash shards; name any missing or corrupted one")
     v.add_argument(

@@ -115,6 +115,27 @@ def tokenizer_cmd(
 
 
 # ---- shards -----------------------------------------------------------------------------
+def chat_cmd(inputs: list[str], fmt: str, tokenizer: str, out: str, limit: int = 0) -> list[str]:
+    """Chat / QA records of `inputs` -> SFT shards with loss masks under `out`."""
+    from adamba.data.sft import chat_shards_from_files
+    from adamba.data.shards import load_mask, read_manifest
+    from adamba.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(tokenizer)
+    manifest, stats = chat_shards_from_files(inputs, fmt, tok, out, limit)
+    shards = read_manifest(manifest)
+    tokens = sum(s.tokens for s in shards)
+    trained = sum(int(load_mask(s).sum()) for s in shards)
+    lines = [
+        f"{stats.parsed} conversations ({fmt}) -> {manifest}: {tokens:,} tokens in {len(shards)} shard(s), "
+        f"{trained:,} of them trained ({trained / max(1, tokens):.0%}: the assistant's)"
+    ]
+    if stats.skipped:
+        why = ", ".join(f"{k} x{v}" for k, v in sorted(stats.reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"skipped {stats.skipped} malformed record(s): {why}")
+    return lines
+
+
 def shards_cmd(
     inputs: list[str],
     tokenizer: str,

@@ -24,6 +24,8 @@ The stream, exactly:
    batch_size change between save and restore, the global stream still continues at the first
    sequence no rank has consumed (nothing skipped, nothing repeated); only the split of later
    sequences across ranks differs from an uninterrupted run.
+SFT shards (adamba/data/sft.py) carry a loss mask beside the tokens: a target the mask marks 0
+(system and user turns, tool results) is -100 in y, so only the assistant's tokens are trained.
 A background thread prepares the next `prefetch` batches (numpy slices of memory-mapped
 shards), so the trainer does not wait on disk.
 """
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 
 from adamba.data.mixture import is_mixture_file, load_components
-from adamba.data.shards import ShardInfo, check_shard, load_tokens, manifest_path, read_manifest
+from adamba.data.shards import ShardInfo, check_shard, load_mask, load_tokens, manifest_path, read_manifest
 from adamba.errors import AdambaError
 
 STATE_VERSION = 1
@@ -215,6 +217,9 @@ class TokenLoader:
             )
         self.components = comps
         self._tokens = [[load_tokens(s) for s in c.shards] for c in comps]
+        # SFT shards carry a loss mask: targets it marks 0 (prompts, tool results) become -100
+        self._masks = [[load_mask(s) for s in c.shards] for c in comps]
+        self.masked = any(m is not None for ms in self._masks for m in ms)
         self._sampler = _Sampler(comps, seed)
         self._sig = self._signature(comps, seq_len, slack)
         self._state = self._sampler_state()
@@ -225,7 +230,13 @@ class TokenLoader:
     # ---- stream -------------------------------------------------------------------------
     @staticmethod
     def _signature(comps: list[Component], seq_len: int, slack: int) -> str:
-        desc = [(c.weight, [(s.sha256, s.tokens) for s in c.shards]) for c in comps]
+        desc = [
+            (
+                c.weight,
+                [(s.sha256, s.tokens, s.mask_sha256) if s.mask else (s.sha256, s.tokens) for s in c.shards],
+            )
+            for c in comps
+        ]
         return hashlib.sha256(json.dumps([seq_len, slack, desc]).encode()).hexdigest()[:16]
 
     def _sampler_state(self) -> dict:
@@ -241,10 +252,17 @@ class TokenLoader:
     def _make_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         picks = self._sampler.block(self.batch_size, self.world_size, self.rank)
         buf = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
+        keep = np.ones((self.batch_size, self.seq_len + 1), dtype=bool) if self.masked else None
         for row, (comp, k) in enumerate(picks):
             shard, start = self._sampler.window(comp, k)
             buf[row] = self._tokens[comp][shard][start : start + self.seq_len + 1]
-        return torch.from_numpy(buf[:, :-1].copy()), torch.from_numpy(buf[:, 1:].copy())
+            mask = self._masks[comp][shard]
+            if mask is not None:
+                keep[row] = mask[start : start + self.seq_len + 1] != 0
+        x, y = torch.from_numpy(buf[:, :-1].copy()), torch.from_numpy(buf[:, 1:].copy())
+        if keep is not None:
+            y[torch.from_numpy(~keep[:, 1:])] = -100
+        return x, y
 
     def __iter__(self):
         return self

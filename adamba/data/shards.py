@@ -46,6 +46,10 @@ class ShardInfo:
     source: str  # provenance label given to write_shards (or the documents' common source)
     tokenizer: str  # fingerprint of the tokenizer that made the tokens
     bos: int = 0  # id that marks a document start (the loader aligns sequences on it)
+    # SFT data: a parallel file of one uint8 per token, 1 where training predicts the token (the
+    # assistant's own); "" for plain text, where every token is a target
+    mask: str = ""
+    mask_sha256: str = ""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -85,9 +89,20 @@ def _label(sources: set[str]) -> str:
 class _ShardWriter:
     """Accumulates token arrays and writes fixed-size shards, hashing as it goes."""
 
-    def __init__(self, out_dir: Path, dtype: np.dtype, shard_tokens: int, source: str, fp: str, bos: int):
+    def __init__(
+        self,
+        out_dir: Path,
+        dtype: np.dtype,
+        shard_tokens: int,
+        source: str,
+        fp: str,
+        bos: int,
+        masked: bool = False,
+    ):
         self.out_dir, self.dtype, self.shard_tokens = out_dir, dtype, shard_tokens
         self.source, self.fp, self.bos = source, fp, bos
+        self.masked = masked  # every add() brings a loss mask, written beside each shard
+        self.pending_mask: list[np.ndarray] = []
         self.pending: list[np.ndarray] = []
         self.n_pending = 0
         self.flushed = 0  # tokens already written
@@ -95,10 +110,15 @@ class _ShardWriter:
         self.lines: list[dict] = []
         self.written: list[Path] = []
 
-    def add(self, ids: np.ndarray, doc_ends: list[int], doc_sources: list[str]) -> None:
-        """`ids` holds whole documents; doc_ends are their end offsets within `ids`."""
+    def add(
+        self, ids: np.ndarray, doc_ends: list[int], doc_sources: list[str], mask: np.ndarray | None = None
+    ) -> None:
+        """`ids` holds whole documents; doc_ends are their end offsets within `ids`; `mask`
+        (masked writers only) one 0/1 per id."""
         base = self.flushed + self.n_pending
         self.docs.extend((base + e, s) for e, s in zip(doc_ends, doc_sources))
+        if self.masked:
+            self.pending_mask.append(np.asarray(mask, dtype=np.uint8))
         self.pending.append(ids)
         self.n_pending += len(ids)
         while self.n_pending >= self.shard_tokens:
@@ -112,13 +132,14 @@ class _ShardWriter:
         data = np.ascontiguousarray(chunk, dtype=self.dtype).tobytes()
         digest = hashlib.sha256(data).hexdigest()
         name = f"shard_{len(self.lines):05d}_{digest[:8]}.bin"
-        tmp = self.out_dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.out_dir / name)
-        self.written.append(self.out_dir / name)
+        self._write(name, data)
+        extra = {}
+        if self.masked:
+            mbuf = np.concatenate(self.pending_mask) if len(self.pending_mask) > 1 else self.pending_mask[0]
+            self.pending_mask = [mbuf[n:]] if len(mbuf) > n else []
+            mdata = np.ascontiguousarray(mbuf[:n], dtype=np.uint8).tobytes()
+            extra = {"mask": name[:-4] + ".mask", "mask_sha256": hashlib.sha256(mdata).hexdigest()}
+            self._write(extra["mask"], mdata)
         self.flushed += n
         srcs = {s for _, s in self.docs if s}  # every pending document overlaps this shard
         self.docs = [(e, s) for e, s in self.docs if e > self.flushed]
@@ -132,8 +153,18 @@ class _ShardWriter:
                 "source": self.source or _label(srcs),
                 "tokenizer": self.fp,
                 "bos": self.bos,
+                **extra,
             }
         )
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.out_dir / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.out_dir / name)
+        self.written.append(self.out_dir / name)
 
     def finish(self) -> None:
         if self.n_pending:
@@ -281,13 +312,15 @@ def _shard_info(d: object, base: Path) -> ShardInfo:
         v = d.get(k, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{k} must be a whole number >= 0, got {v!r}")
-    for k in ("sha256", "source", "tokenizer"):
+    for k in ("sha256", "source", "tokenizer", "mask", "mask_sha256"):
         if not isinstance(d.get(k, ""), str):
             raise ValueError(f"{k} must be a string, got {d[k]!r}")
     fields = {k: v for k, v in d.items() if k in ShardInfo.__dataclass_fields__}
     fields.setdefault("docs", 0)
     fields.setdefault("source", "")
     fields.setdefault("tokenizer", "")
+    if fields.get("mask"):
+        fields["mask"] = str((base / fields["mask"]).resolve())
     return ShardInfo(**dict(fields, path=(base / d["path"]).resolve()))
 
 
@@ -326,6 +359,17 @@ def load_tokens(shard: ShardInfo) -> np.ndarray:
     return np.memmap(p, dtype=shard.dtype, mode="r", shape=(shard.tokens,))
 
 
+def load_mask(shard: ShardInfo) -> np.ndarray | None:
+    """The shard's loss mask (uint8 per token, 1 = a training target) as a memory map, or None
+    for plain text."""
+    if not shard.mask:
+        return None
+    p = Path(shard.mask)
+    if not p.is_file() or p.stat().st_size != shard.tokens:
+        raise AdambaError(f"loss mask {p} is missing or not {shard.tokens} bytes (run `adamba data verify`)")
+    return np.memmap(p, dtype=np.uint8, mode="r", shape=(shard.tokens,))
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -344,6 +388,12 @@ def check_shard(shard: ShardInfo, rehash: bool = True) -> str | None:
         return f"{p}: size {p.stat().st_size} bytes, manifest says {want}"
     if rehash and file_sha256(p) != shard.sha256:
         return f"{p}: sha256 mismatch (content changed since it was written)"
+    if shard.mask:
+        m = Path(shard.mask)
+        if not m.is_file() or m.stat().st_size != shard.tokens:
+            return f"{m}: loss mask missing or not {shard.tokens} bytes"
+        if rehash and file_sha256(m) != shard.mask_sha256:
+            return f"{m}: sha256 mismatch (loss mask changed since it was written)"
     return None
 
 

@@ -94,8 +94,17 @@ class GateCalibrationObjective(Objective):
         self.fit.load_state_dict(state)
 
 
+class SFTObjective(Objective):
+    """Supervised fine-tuning on chat data: the language-model loss on the targets the data's
+    loss mask keeps (the assistant's tokens; adamba/data/sft.py writes the mask, the loader turns
+    the rest into -100). The phase's data must carry masks: plain text would train on everything."""
+
+    needs_masked_data = True
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
     "lm": Objective,
+    "sft": SFTObjective,
     "elastic": ElasticObjective,
     "gate-calibration": GateCalibrationObjective,
 }

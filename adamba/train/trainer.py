@@ -333,6 +333,11 @@ class Trainer:
         if self.loader is not None:
             self.loader.close()
         self.loader = self._open_loader(ph)
+        if getattr(kind, "needs_masked_data", False) and not self.loader.masked:
+            raise AdambaError(
+                f"phase {ph.name!r} ({ph.objective}) needs chat data with a loss mask: make it with "
+                "`adamba data chat FILE --format ... --tokenizer ... --out DIR` and list DIR in the phase's data"
+            )
         if loader_state is not None:
             self.loader.load_state_dict(loader_state)
         self.objective = kind(model, self.cfg, ph, self.forward)
