@@ -22,6 +22,7 @@ from adamba.cli import (
     sample,
     serve,
     surgery,
+    tool,
     train,
 )
 from adamba.errors import AdambaError
@@ -35,6 +36,7 @@ GROUPS = (
     serve,
     evaluate,
     surgery,
+    tool,
     hf,
     quickstart,
     grow,
