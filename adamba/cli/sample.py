@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from adamba.errors import AdambaError
@@ -17,6 +18,8 @@ def run(args: argparse.Namespace) -> None:
         raise AdambaError(f"--num-samples {args.num_samples} must be >= 1")
     check_generate_args(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
     model, tokenizer, _ = load_model(args.ckpt, args.tokenizer)
+    if args.tools:
+        return _with_tools(args, model, tokenizer)
     if args.mode is not None:
         from adamba.model.elastic import mode_policy, model_ecfg
 
@@ -47,6 +50,48 @@ def run(args: argparse.Namespace) -> None:
         sys.stdout.write("\n" + ("-" * 40 + "\n" if i + 1 < args.num_samples else ""))
 
 
+def _with_tools(args: argparse.Namespace, model, tokenizer) -> None:
+    """The prompt as a user turn offered the tools; the model's turns, its tool calls and their
+    results (run in the sandbox) printed as they happen."""
+    from adamba.data.chat import Message
+    from adamba.data.template import render
+    from adamba.serve.tool_loop import generate_with_tools
+    from adamba.tools import default_registry
+
+    if args.mode is not None:
+        raise AdambaError("--tools decodes at full width: drop --mode")
+    if tokenizer.foreign:
+        raise AdambaError("--tools needs adamba's chat tokens; this checkpoint's tokenizer was imported")
+    tools = default_registry()
+    names = [n.strip() for n in args.tools.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tools]
+    if unknown or not names:
+        raise AdambaError(f"--tools {args.tools!r}: choose from {', '.join(tools.names())}")
+    prompt = render(tokenizer, [Message("user", args.prompt)], tools.specs(names)).ids
+    for i in range(args.num_samples):
+        r = generate_with_tools(
+            model,
+            tokenizer,
+            prompt,
+            tools,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k or None,
+            args.seed + i,
+        )
+        lines = [f"user: {args.prompt}"]
+        for m in r.messages:
+            if m.role == "tool":
+                lines.append(f"[tool result] {m.content}")
+                continue
+            if m.content:
+                lines.append(f"assistant: {m.content}")
+            lines += [f"[tool call] {c.name}({json.dumps(c.arguments)})" for c in m.tool_calls]
+        if not r.ended:
+            lines.append(f"[stopped at --max-new-tokens {args.max_new_tokens}]")
+        sys.stdout.write("\n".join(lines) + "\n" + ("-" * 40 + "\n" if i + 1 < args.num_samples else ""))
+
+
 def register(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a checkpoint")
     s.add_argument("--ckpt", required=True, help="run directory or checkpoint folder")
@@ -61,5 +106,11 @@ def register(sub) -> None:
         "--mode",
         choices=MODES,
         help="compute mode of a Matryoshka-trained checkpoint (default: plain full model)",
+    )
+    s.add_argument(
+        "--tools",
+        metavar="NAMES",
+        help="e.g. calculator,python: the prompt becomes a user turn offered these tools; the model's tool "
+        "calls are run (python in the sandbox) and their results fed back until it answers",
     )
     s.set_defaults(func=run)
