@@ -1,7 +1,7 @@
 """Plain dataclasses for every setting, TOML presets and type-checked dotted overrides.
 
-A config file has one table per section ([model], [data], [train], [run], [elastic]); the model's
-layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
+A config file has one table per section ([model], [data], [train], [run], [elastic], [post]); the
+model's layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
 `--set section.key=value` (or `section.table.key=value`) overrides one field after loading.
 Unknown keys, wrong types (a TOML string where a number belongs too) and values out of range
 fail with one line that names the key and what it accepts, because a mistake silently taken costs
@@ -114,7 +114,7 @@ class MoEConfig:
     adamba/nn/moe.py)."""
 
     n_experts: int = 8
-    top_k: int = 2
+    top_k: int = 2  # 1: the router learns from aux_weight's loss only (GPT-OSS softmaxes the chosen k)
     ratio: float = 0.0  # expert hidden = round(ratio * d_model); 0: the MLP's hidden size
     aux_weight: float = 0.01  # load-balancing loss weight (transformers' router_aux_loss_coef)
     swiglu_alpha: float = 1.702
@@ -153,27 +153,16 @@ MODEL_RANGES = {
 }
 TABLE_RANGES = {
     "attn": {
-        "n_head": ">= 1",
-        "n_kv_head": ">= 1",
-        "head_dim": ">= 0",
-        "window": ">= 0",
-        "rope_theta": "> 0",
-        "yarn_factor": "> 0",
-        "yarn_original_max": ">= 1",
-        "yarn_beta_fast": "> 0",
-        "yarn_beta_slow": "> 0",
-        "yarn_attention_factor": ">= 0",
+        **{"n_head": ">= 1", "n_kv_head": ">= 1", "head_dim": ">= 0", "window": ">= 0", "rope_theta": "> 0"},
+        **{k: "> 0" for k in ("yarn_factor", "yarn_beta_fast", "yarn_beta_slow")},
+        **{"yarn_original_max": ">= 1", "yarn_attention_factor": ">= 0"},
     },
     "mlp": {"ratio": "> 0"},
     "mamba": {k: ">= 1" for k in ("d_state", "d_conv", "expand", "head_dim", "n_groups", "chunk_size")},
     "kda": {"n_head": ">= 0", "head_dim": ">= 0", "conv": ">= 1", "chunk_size": ">= 1"},
     "moe": {
-        "n_experts": ">= 1",
-        "top_k": ">= 1",
-        "ratio": ">= 0",
-        "aux_weight": ">= 0",
-        "swiglu_alpha": "> 0",
-        "swiglu_limit": "> 0",
+        **{"n_experts": ">= 1", "top_k": ">= 1", "ratio": ">= 0", "aux_weight": ">= 0"},
+        **{"swiglu_alpha": "> 0", "swiglu_limit": "> 0"},
     },
 }
 
@@ -184,9 +173,8 @@ class ModelConfig:
     d_model: int = 256
     n_layer: int = 4
     pattern: str = "A"  # layer mixers, repeated to n_layer: A attention, M Mamba2, K KDA
-    ffn: str = (
-        "mlp"  # feed-forward per layer: "mlp", "moe" or "none"; letters D/E/N (dense/experts/none) repeat too
-    )
+    # feed-forward per layer: "mlp", "moe" or "none"; letters D/E/N (dense/experts/none) repeat too
+    ffn: str = "mlp"
     # embeddings, norms, init
     tie_embeddings: bool = False
     max_seq_len: int = 1024  # initial RoPE table length; the tables grow on demand, so not a limit
@@ -316,7 +304,7 @@ class DataConfig:
 DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
-OBJECTIVES = ("lm", "sft", "elastic", "gate-calibration")  # adamba/train/objectives.py registers them
+OBJECTIVES = ("lm", "sft", "elastic", "gate-calibration", "grpo")  # train/, post/objectives.py register them
 
 
 @dataclass
@@ -389,9 +377,7 @@ class ElasticConfig:
     gate_hidden: int = 64  # ConfidenceGate: 0 = one Linear(d, 1) per layer, N = a d -> N -> 1 MLP
     gate_per_width: bool = True  # one more set of gates per narrow width, fitted in the calibration phase
     exit_loss_weight: float = 0.1  # weight of the intermediate-layer LM loss (trains layers to exit)
-    exit_token_frac: float = (
-        0.125  # fraction of positions the exit loss scores (an LM-head matmul per layer each)
-    )
+    exit_token_frac: float = 0.125  # fraction of positions the exit loss scores (an LM-head matmul/layer)
     exit_distill_weight: float = 0.0  # weight of KL(final layer || intermediate layer), teacher detached
     calibrate_steps: int = 4000  # gate-calibration Adam steps after the LM steps (LM frozen; fits the gate)
     calibrate_reuse: int = 8  # calibration steps per forward pass of the frozen model
@@ -438,7 +424,7 @@ class PhaseConfig:
     elastic.enabled: `elastic`, then `gate-calibration`)."""
 
     name: str = ""  # default: phase<i>
-    objective: str = "lm"  # lm | sft (chat data with a loss mask) | elastic | gate-calibration
+    objective: str = "lm"  # lm | sft (chat data with a loss mask) | elastic | gate-calibration | grpo
     steps: int = 0  # the phase's length in optimizer steps ...
     tokens: int = 0  # ... or in training tokens (rounded up to whole steps); one of the two
     data: list[str] = field(default_factory=list)  # manifests, shard folders, stages; [] = data.train
@@ -482,12 +468,39 @@ class PhaseConfig:
 
 
 @dataclass
+class PostConfig:
+    """[post]: RL after SFT, read by the `grpo` objective (adamba/post/objectives.py checks `reward`)."""
+
+    prompts: str = ""  # JSONL of {question, answer} or {messages, answer} records (a grpo phase's)
+    group_size: int = 8  # G completions per prompt; a micro-step samples the phase's batch_size prompts
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = sample from the whole vocabulary
+    reward: str = "exact+0.1*format"  # a weighted sum of adamba/post/rewards.py's REWARDS
+    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo (adamba/post/grpo.py)
+    scale: str = "group"  # advantage scaling: group | batch | none
+    eps_low: float = 0.2  # the ratio is clipped to [1 - eps_low, 1 + eps_high]
+    eps_high: float = 0.2
+    beta: float = 0.0  # KL to the model at the phase's start; 0 keeps no reference model
+
+    RANGES = {"group_size": ">= 2", "max_new_tokens": ">= 1", "temperature": "> 0", "top_k": ">= 0"}
+    RANGES.update({k: ">= 0" for k in ("eps_low", "eps_high", "beta")})
+
+    def validate(self) -> None:
+        check_ranges("post", self, self.RANGES)
+        for key, choices in (("loss_type", "grpo, bnpo, dr_grpo, dapo"), ("scale", "group, batch, none")):
+            if getattr(self, key) not in choices.split(", "):
+                raise AdambaError(f"post.{key}={getattr(self, key)!r}: choose one of {choices}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    post: PostConfig = field(default_factory=PostConfig)
     phase: list[PhaseConfig] = field(default_factory=list)  # [[phase]] tables, in order
 
     def validate(self) -> Config:
@@ -497,6 +510,7 @@ class Config:
         self.train.validate()
         self.run.validate()
         self.elastic.validate()
+        self.post.validate()
         for i, ph in enumerate(self.phase):
             ph.validate(f"phase.{i}")
             if ph.objective in ("elastic", "gate-calibration") and not self.elastic.enabled:
