@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import adamba.post.objectives  # noqa: F401  (registers the post-training objectives: grpo)
+
 
 def run(args: argparse.Namespace) -> None:
     from adamba.config import load_config

@@ -5,7 +5,9 @@ returns (the loss to backprop, the loss to log, the number of target tokens they
 the trainer weights micro-steps and ranks by that count, so a step's gradient is the mean over
 every target token of the step, however the batch is split across processes. Its `default_train` is what the phase trains
 when its config says nothing, and its state (if any) is checkpointed with the run, so a phase
-resumes exactly. Later issues register `sft`, `distill`, ... the same way.
+resumes exactly. Objectives of higher rooms register themselves on import with `register`
+(adamba/post/objectives.py: `grpo`); the `adamba` command imports them, a script that builds a
+Trainer itself imports them first.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from adamba.config import Config
+from adamba.errors import AdambaError
 from adamba.train.phases import GATES, Phase
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -102,9 +105,34 @@ class SFTObjective(Objective):
     needs_masked_data = True
 
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "lm": Objective,
-    "sft": SFTObjective,
-    "elastic": ElasticObjective,
-    "gate-calibration": GateCalibrationObjective,
-}
+ELSEWHERE = {"grpo": "adamba.post"}  # objectives that live in a room above train, by the package
+
+
+class Registry(dict):
+    """Objective name -> class; looking up one that is not registered is a one-line AdambaError
+    (the trainer, `adamba phases` and `adamba estimate` look objectives up here)."""
+
+    def __missing__(self, name: str) -> type[Objective]:
+        if name in ELSEWHERE:
+            raise AdambaError(
+                f"objective {name!r} is defined in {ELSEWHERE[name]}: import {ELSEWHERE[name]}.objectives first "
+                "(the adamba command does)"
+            )
+        raise AdambaError(f"unknown objective {name!r}: choose one of {', '.join(self)}")
+
+
+OBJECTIVES: dict[str, type[Objective]] = Registry(
+    {
+        "lm": Objective,
+        "sft": SFTObjective,
+        "elastic": ElasticObjective,
+        "gate-calibration": GateCalibrationObjective,
+    }
+)
+
+
+def register(name: str, cls: type[Objective]) -> type[Objective]:
+    """Make `cls` the objective of phases with `objective = name` (config.OBJECTIVES lists the
+    names a config may use)."""
+    OBJECTIVES[name] = cls
+    return cls

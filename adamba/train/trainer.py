@@ -409,6 +409,7 @@ class Trainer:
         self.tokens_seen += ph.tokens_per_step
         row = {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
         row.update(self.model.moe_report() if hasattr(self.model, "moe_report") else {})  # MoE routing
+        row.update(self.objective.metrics() if hasattr(self.objective, "metrics") else {})  # e.g. GRPO reward
         if self.skipped:
             row["skipped_steps"] = self.skipped
         return row
