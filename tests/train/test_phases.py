@@ -51,7 +51,7 @@ def test_phase_fields_resolve_against_train_and_data(tiny_data, tmp_path):
     [
         (["phase.0.tokens=100"], "steps = N or tokens = N"),
         (["phase.1.objective=elastic"], "elastic.enabled=true"),
-        (["phase.1.objective=sft"], "choose one of lm, elastic"),
+        (["phase.1.objective=ppo"], "choose one of lm, sft, elastic"),
         (["phase.1.name=all"], "names repeat"),
         (["phase.1.schedule=linear"], "schedule"),
         (["phase.1.lr=0"], "phase.1.lr"),
