@@ -55,8 +55,8 @@ def _with_tools(args: argparse.Namespace, model, tokenizer) -> None:
     results (run in the sandbox) printed as they happen."""
     from adamba.data.chat import Message
     from adamba.data.template import render
-    from adamba.serve.tool_loop import generate_with_tools
     from adamba.tools import default_registry
+    from adamba.tools.loop import generate_with_tools
 
     if args.mode is not None:
         raise AdambaError("--tools decodes at full width: drop --mode")

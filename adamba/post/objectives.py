@@ -20,8 +20,8 @@ per-micro-batch losses averaged over the step, as TRL does under gradient accumu
 Metrics (metrics.jsonl, every step): reward, accuracy (mean exact answer), completion_len
 (tokens), and kl when beta > 0.
 
-Completions are plain replies: tool calls are not executed here (adamba/serve/tool_loop.py runs
-them, and serve is a room beside this one, not below it).
+Completions are plain replies: tool calls are not executed here yet (adamba/tools/loop.py runs
+them for one sequence; rollouts with tools and a tool-success reward are the next step).
 """
 
 from __future__ import annotations

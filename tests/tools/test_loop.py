@@ -11,8 +11,8 @@ from torch import nn
 from adamba.data.chat import Message
 from adamba.data.template import render
 from adamba.data.tokenizer import Tokenizer
-from adamba.serve.tool_loop import generate_with_tools
 from adamba.tools import default_registry
+from adamba.tools.loop import generate_with_tools
 from tests.helpers import adamba
 
 

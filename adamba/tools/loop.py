@@ -5,7 +5,7 @@ The forced tokens are exactly what the chat template renders for the tool result
 assistant header (`<|tool_result|>...<|/tool_result|>` per call, then `<|assistant|>`), so a
 rollout is the rendering of the conversation it produced, and its mask (1: the model wrote the
 token, 0: forced) is the template's SFT mask: GRPO and distillation train on exactly the tokens
-SFT would (tests/serve/test_tool_loop.py checks both). One decoding state is kept throughout, so
+SFT would (tests/tools/test_loop.py checks both). One decoding state is kept throughout, so
 forced tokens cost one prefill, not a re-encode of the conversation.
 """
 
