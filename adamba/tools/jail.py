@@ -168,22 +168,8 @@ def build_root(cfg: dict, code: bytes) -> None:
     root = cfg["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-    placer = Placer(root)
-    paths = cfg["ro"] + ["/etc/" + name for name in cfg["etc"]]
-    for path in sorted(paths, key=os.path.islink):  # real directories first, then links into them
-        placer.place(path)
-    os.makedirs(root + "/etc", exist_ok=True)
-    dev = root + "/dev"
-    os.makedirs(dev, exist_ok=True)
-    for name in DEVICES:
-        open(f"{dev}/{name}", "w").close()
-        mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "fd/0"), ("stdout", "fd/1"), ("stderr", "fd/2")):
-        os.symlink(target, f"{dev}/{name}")
-    os.makedirs(root + "/proc")
-    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-
-    # one size-capped tmpfs for everything writable, mounted in three places
+    # one size-capped tmpfs for everything writable, mounted in three places; first, so that the
+    # read-only paths below stay visible when they live under /tmp (a checkout in /tmp/...)
     scratch = root + "/.scratch"
     os.makedirs(scratch)
     mount(
@@ -205,6 +191,21 @@ def build_root(cfg: dict, code: bytes) -> None:
     os.chown(f"{root}/sandbox/main.py", uid, gid)
     _check(libc.umount2(_b(scratch), MNT_DETACH), "umount scratch")
     os.rmdir(scratch)
+    placer = Placer(root)
+    paths = cfg["ro"] + ["/etc/" + name for name in cfg["etc"]]
+    for path in sorted(paths, key=os.path.islink):  # real directories first, then links into them
+        placer.place(path)
+    os.makedirs(root + "/etc", exist_ok=True)
+    dev = root + "/dev"
+    os.makedirs(dev, exist_ok=True)
+    for name in DEVICES:
+        open(f"{dev}/{name}", "w").close()
+        mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "fd/0"), ("stdout", "fd/1"), ("stderr", "fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    os.makedirs(root + "/proc")
+    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+
     remount_ro(root)
 
     os.chdir(root)
