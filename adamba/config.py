@@ -13,7 +13,6 @@ and loading stay here.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from adamba.config_io import (  # noqa: F401  (re-exported: the config API is ad
     REMOVED,
     apply_dict,
     apply_overrides,
+    check_range,
+    check_ranges,
     fields,
     migrate,
     section,
@@ -37,33 +38,6 @@ from adamba.config_io import (  # noqa: F401  (re-exported: the config API is ad
 from adamba.errors import AdambaError
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-def check_range(key: str, value: float, spec: str, real: bool | None = None) -> None:
-    """Raise one line unless `value` is finite and inside `spec`: ">= 1", "> 0", "[0, 1]",
-    "[0, 1)". Finiteness is checked by name because `nan < 0` is False: a NaN passes every plain
-    comparison. `real`: the field holds a float (default: judged from the value)."""
-    m = re.fullmatch(r"(>=|>) (\S+)|([\[(])(\S+), (\S+)([\])])", spec)
-    assert m, spec
-    ok = isinstance(value, int) or math.isfinite(value)
-    if m[1]:
-        lo = float(m[2])
-        ok = ok and (value >= lo if m[1] == ">=" else value > lo)
-    else:
-        lo, hi = float(m[4]), float(m[5])
-        ok = ok and (value >= lo if m[3] == "[" else value > lo)
-        ok = ok and (value <= hi if m[6] == "]" else value < hi)
-    if not ok:
-        what = "a finite number" if (isinstance(value, float) if real is None else real) else "an integer"
-        where = f"in {spec}" if m[3] else spec
-        raise AdambaError(f"{key}={value!r} is out of range: use {what} {where}")
-
-
-def check_ranges(prefix: str, obj: Any, specs: dict[str, str]) -> None:
-    """check_range for several fields of one table; `specs` maps field name -> range."""
-    types = {f.name: str(f.type) for f in dataclasses.fields(obj)}
-    for name, spec in specs.items():
-        check_range(f"{prefix}.{name}", getattr(obj, name), spec, types[name].startswith("float"))
 
 
 @dataclass
@@ -304,7 +278,8 @@ class DataConfig:
 DEVICES = r"auto|cpu|mps|cuda(:\d+)?"
 SCHEDULES = ("cosine", "wsd", "constant")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
-OBJECTIVES = ("lm", "sft", "elastic", "gate-calibration", "grpo")  # train/, post/objectives.py register them
+# train/ and post/objectives.py register them
+OBJECTIVES = ("lm", "sft", "elastic", "gate-calibration", "grpo", "dpo", "distill")
 
 
 @dataclass
@@ -469,7 +444,8 @@ class PhaseConfig:
 
 @dataclass
 class PostConfig:
-    """[post]: RL after SFT, read by the `grpo` objective (adamba/post/objectives.py checks `reward`)."""
+    """[post]: post-training after SFT, read by the grpo, dpo and distill objectives
+    (adamba/post/objectives.py checks `reward`, the files and the teacher)."""
 
     prompts: str = ""  # JSONL of {question, answer} or {messages, answer} records (a grpo phase's)
     group_size: int = 8  # G completions per prompt; a micro-step samples the phase's batch_size prompts
@@ -482,13 +458,23 @@ class PostConfig:
     eps_low: float = 0.2  # the ratio is clipped to [1 - eps_low, 1 + eps_high]
     eps_high: float = 0.2
     beta: float = 0.0  # KL to the model at the phase's start; 0 keeps no reference model
+    pairs: str = ""  # dpo: JSONL of {prompt, chosen, rejected} strings
+    dpo_beta: float = 0.1  # dpo: the implicit reward's scale
+    label_smoothing: float = 0.0  # dpo: cDPO's share of the flipped pair
+    teacher: str = ""  # distill: an adamba run or checkpoint with the student's tokenizer
+    distill_mode: str = "on-policy"  # on-policy (student samples, reverse KL) | off-policy (teacher, forward)
 
     RANGES = {"group_size": ">= 2", "max_new_tokens": ">= 1", "temperature": "> 0", "top_k": ">= 0"}
     RANGES.update({k: ">= 0" for k in ("eps_low", "eps_high", "beta")})
+    RANGES.update({"dpo_beta": "> 0", "label_smoothing": "[0, 0.5)"})
 
     def validate(self) -> None:
         check_ranges("post", self, self.RANGES)
-        for key, choices in (("loss_type", "grpo, bnpo, dr_grpo, dapo"), ("scale", "group, batch, none")):
+        for key, choices in (
+            ("loss_type", "grpo, bnpo, dr_grpo, dapo"),
+            ("scale", "group, batch, none"),
+            ("distill_mode", "on-policy, off-policy"),
+        ):
             if getattr(self, key) not in choices.split(", "):
                 raise AdambaError(f"post.{key}={getattr(self, key)!r}: choose one of {choices}")
 

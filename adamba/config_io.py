@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from typing import Any
@@ -20,6 +22,34 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from adamba.errors import AdambaError
+
+
+def check_range(key: str, value: float, spec: str, real: bool | None = None) -> None:
+    """Raise one line unless `value` is finite and inside `spec`: ">= 1", "> 0", "[0, 1]",
+    "[0, 1)". Finiteness is checked by name because `nan < 0` is False: a NaN passes every plain
+    comparison. `real`: the field holds a float (default: judged from the value)."""
+    m = re.fullmatch(r"(>=|>) (\S+)|([\[(])(\S+), (\S+)([\])])", spec)
+    assert m, spec
+    ok = isinstance(value, int) or math.isfinite(value)
+    if m[1]:
+        lo = float(m[2])
+        ok = ok and (value >= lo if m[1] == ">=" else value > lo)
+    else:
+        lo, hi = float(m[4]), float(m[5])
+        ok = ok and (value >= lo if m[3] == "[" else value > lo)
+        ok = ok and (value <= hi if m[6] == "]" else value < hi)
+    if not ok:
+        what = "a finite number" if (isinstance(value, float) if real is None else real) else "an integer"
+        where = f"in {spec}" if m[3] else spec
+        raise AdambaError(f"{key}={value!r} is out of range: use {what} {where}")
+
+
+def check_ranges(prefix: str, obj: Any, specs: dict[str, str]) -> None:
+    """check_range for several fields of one table; `specs` maps field name -> range."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(obj)}
+    for name, spec in specs.items():
+        check_range(f"{prefix}.{name}", getattr(obj, name), spec, types[name].startswith("float"))
+
 
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

@@ -22,6 +22,10 @@ Metrics (metrics.jsonl, every step): reward, accuracy (mean exact answer), compl
 
 Completions are plain replies: tool calls are not executed here yet (adamba/tools/loop.py runs
 them for one sequence; rollouts with tools and a tool-success reward are the next step).
+
+`dpo` (preference pairs, a frozen phase-start reference) and `distill` (a teacher checkpoint
+scores the student's own samples, per-token reverse KL; or the teacher's samples, forward KL)
+are at the end of this file, each documented on its class.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from adamba.data.template import parse_reply, render, stop_ids
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.model.decode import sample_next
+from adamba.post.distill import kl
+from adamba.post.dpo import dpo_loss, sequence_logp
 from adamba.post.grpo import advantages, policy_loss
 from adamba.post.rewards import REWARDS, Reward, combined, exact_answer
 from adamba.train.objectives import Objective, register
@@ -273,3 +279,218 @@ class GRPOObjective(Objective):
 
 
 register("grpo", GRPOObjective)
+
+
+# --- dpo and distill -------------------------------------------------------------------------
+
+
+def _chat_tokenizer(cfg, name: str) -> Tokenizer:
+    tok = Tokenizer.load(cfg.data.tokenizer)
+    if tok.foreign:
+        raise AdambaError(
+            f"the {name} objective renders prompts with adamba's chat tokens (<|user|>, <|end|> ...), "
+            f"which the imported tokenizer {cfg.data.tokenizer} lacks"
+        )
+    return tok
+
+
+def _seeded_at(obj, k: int, n: int) -> int:
+    """Index into a file of n records of the k-th item of a phase's stream: a seeded order, a new
+    one each pass (GRPO's order, kept in obj._order)."""
+    epoch, i = divmod(k, n)
+    if obj._order is None or obj._order[0] != epoch:
+        g = torch.Generator().manual_seed(obj.phase.seed * 1_000_003 + epoch)
+        obj._order = (epoch, torch.randperm(n, generator=g).tolist())
+    return obj._order[1][i]
+
+
+def _rank_world() -> tuple[int, int]:
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    return (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+
+
+def load_pairs(path: str, tok: Tokenizer) -> list[tuple[list[int], list[int], list[int]]]:
+    """post.pairs -> [(prompt ids ending in <|assistant|>, chosen ids, rejected ids)], each reply
+    the assistant's text and its <|end|>."""
+    end, out = tok.special_id("<|end|>"), []
+    for i, rec in enumerate(read_records(path)):
+        if not isinstance(rec, dict) or not all(
+            isinstance(rec.get(k), str) and rec[k].strip() for k in ("prompt", "chosen", "rejected")
+        ):
+            raise AdambaError(
+                f"post.pairs={path}: record {i + 1}: write {{prompt, chosen, rejected}} with non-empty text"
+            )
+        ids = render(tok, [Message("user", rec["prompt"])], prompt=True).ids
+        out.append((ids, tok.encode(rec["chosen"]) + [end], tok.encode(rec["rejected"]) + [end]))
+    if not out:
+        raise AdambaError(
+            f"post.pairs={path} holds no records: write one {{prompt, chosen, rejected}} object a line"
+        )
+    return out
+
+
+class DPOObjective(Objective):
+    """`dpo` (a phase with `objective = "dpo"`): per micro-step the phase's batch_size pairs of
+    post.pairs (a seeded order, cycling, position checkpointed); the sigmoid DPO loss of
+    adamba/post/dpo.py (post.dpo_beta, post.label_smoothing) on the summed log probabilities of
+    the chosen and rejected replies (their <|end|> included) under the model and under the model
+    as the phase began (frozen, checkpointed like GRPO's reference). Metrics: accuracy (the
+    implicit reward ranks chosen first) and margin (the mean implicit reward margin,
+    dpo_beta x the log-ratio difference)."""
+
+    def __init__(self, model, cfg, phase, forward):
+        super().__init__(model, cfg, phase, forward)
+        self.post = cfg.post
+        if not self.post.pairs:
+            raise AdambaError(
+                f"phase {phase.name!r} uses the 'dpo' objective: set post.pairs to a JSONL file of "
+                "{prompt, chosen, rejected} records"
+            )
+        self.tok = _chat_tokenizer(cfg, "dpo")
+        self.pairs = load_pairs(self.post.pairs, self.tok)
+        self.rank, self.world = _rank_world()
+        self.position = 0
+        self._order: tuple[int, list[int]] | None = None
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self._sums: dict[str, float] = {}
+
+    def logps(self, model, batch) -> torch.Tensor:
+        """[2B] summed reply log probabilities: the chosen replies, then the rejected ones."""
+        seqs = [p + c for p, c, _ in batch] + [p + r for p, _, r in batch]
+        starts = [len(p) for p, _, _ in batch] * 2
+        return sequence_logp(*completion_logp(model, seqs, starts, self.tok.pad_id))
+
+    def loss(self, step, next_batch):
+        pc, B = self.post, self.phase.batch_size
+        batch = [
+            self.pairs[_seeded_at(self, self.position + self.rank * B + j, len(self.pairs))] for j in range(B)
+        ]
+        self.position += B * self.world
+        lp = self.logps(self.model, batch)
+        with torch.no_grad():
+            ref = self.logps(self.reference, batch)
+        loss, acc = dpo_loss(lp[:B], lp[B:], ref[:B], ref[B:], pc.dpo_beta, pc.label_smoothing)
+        d = lp.detach() - ref
+        margin = pc.dpo_beta * (d[:B] - d[B:])
+        for key, v in (("accuracy", float(acc.sum())), ("margin", float(margin.sum())), ("n", B)):
+            self._sums[key] = self._sums.get(key, 0.0) + v
+        return loss, loss.detach(), torch.tensor(B, device=lp.device)
+
+    metrics = GRPOObjective.metrics
+    state_dict = GRPOObjective.state_dict
+    load_state_dict = GRPOObjective.load_state_dict
+
+
+def load_teacher(path: str, tok: Tokenizer, vocab_size: int, device):
+    """The teacher checkpoint as a frozen eval-mode model on `device`; refused in one line unless
+    its tokenizer is the student's (same fingerprint and vocabulary size)."""
+    from adamba.checkpoint import load_model
+
+    teacher, ttok, ckpt = load_model(path)
+    if ttok.fingerprint() != tok.fingerprint() or ckpt.cfg.model.vocab_size != vocab_size:
+        raise AdambaError(
+            f"post.teacher={path}: its tokenizer ({ttok.fingerprint()[:12]}, model vocab "
+            f"{ckpt.cfg.model.vocab_size}) is not the student's ({tok.fingerprint()[:12]}, vocab {vocab_size}): "
+            "distillation compares the two distributions token by token, so both need one tokenizer"
+        )
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def completion_logits(model, seqs: list[list[int]], starts: list[int], pad: int) -> torch.Tensor:
+    """[1, N, vocab] logits at the N positions that predict the completion tokens of seqs (those
+    after starts[i]), in the order completion_logp's mask takes them."""
+    device = next(model.parameters()).device
+    T = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), T), pad, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), T - 1, dtype=torch.bool, device=device)
+    for i, (s, a) in enumerate(zip(seqs, starts)):
+        x[i, : len(s)] = torch.tensor(s, device=device)
+        mask[i, a - 1 : len(s) - 1] = True
+    return model.head(model.hidden(x[:, :-1])[mask])[None]
+
+
+class DistillObjective(Objective):
+    """`distill` (a phase with `objective = "distill"`): per micro-step the phase's batch_size
+    prompts of post.prompts (GRPO's stream: seeded, cycling, checkpointed), post.group_size
+    completions each sampled with GRPO's sampler (post.max_new_tokens, temperature, top_k);
+    the teacher (post.teacher, any adamba checkpoint with the student's tokenizer; frozen, no
+    gradient) scores every completion token, and the loss is the per-token KL of
+    adamba/post/distill.py over the completion tokens at temperature 1, averaged over the step's
+    tokens. post.distill_mode: "on-policy" samples from the student and takes reverse
+    KL(student || teacher) (GKD / on-policy distillation); "off-policy" samples from the teacher
+    and takes forward KL(teacher || student), i.e. distillation on the teacher's own text with
+    its full distribution as the target (SFT on teacher samples with soft labels). Metric: kl,
+    the mean per-token KL of the loss."""
+
+    def __init__(self, model, cfg, phase, forward):
+        super().__init__(model, cfg, phase, forward)
+        pc = self.post = cfg.post
+        for key, what in (
+            ("prompts", "a JSONL file of {question, answer} records"),
+            ("teacher", "a run or checkpoint"),
+        ):
+            if not getattr(pc, key):
+                raise AdambaError(
+                    f"phase {phase.name!r} uses the 'distill' objective: set post.{key} to {what}"
+                )
+        self.tok = _chat_tokenizer(cfg, "distill")
+        self.prompts = load_prompts(pc.prompts, self.tok)
+        self.stops = stop_ids(self.tok)
+        device = next(model.parameters()).device
+        self.teacher = load_teacher(pc.teacher, self.tok, cfg.model.vocab_size, device)
+        self.rank, self.world = _rank_world()
+        self.position = 0
+        self._order: tuple[int, list[int]] | None = None
+        self._sums: dict[str, float] = {}
+
+    def loss(self, step, next_batch):
+        pc, B = self.post, self.phase.batch_size
+        device = next(self.model.parameters()).device
+        on = pc.distill_mode == "on-policy"
+        seqs, starts = [], []
+        for j in range(B):
+            k = self.position + self.rank * B + j
+            ids = self.prompts[_seeded_at(self, k, len(self.prompts))][0]
+            gen = torch.Generator(device=device).manual_seed(
+                (self.cfg.train.seed * 1_000_003 + self.phase.index * 7_919 + k) % 2**63
+            )
+            sampler = self.model if on else self.teacher
+            for c in sample_group(
+                sampler,
+                ids,
+                pc.group_size,
+                pc.max_new_tokens,
+                pc.temperature,
+                pc.top_k or None,
+                self.stops,
+                gen,
+            ):
+                seqs.append(ids + c)
+                starts.append(len(ids))
+        self.position += B * self.world
+        student = completion_logits(self.model, seqs, starts, self.tok.pad_id)
+        with torch.no_grad():
+            teacher = completion_logits(self.teacher, seqs, starts, self.tok.pad_id)
+        loss = kl(student, teacher, direction="reverse" if on else "forward")
+        n = student.shape[1]
+        self._sums["kl"] = self._sums.get("kl", 0.0) + float(loss.detach()) * n
+        self._sums["completion_len"] = self._sums.get("completion_len", 0.0) + n
+        self._sums["n"] = self._sums.get("n", 0.0) + len(seqs)
+        return loss, loss.detach(), torch.tensor(n, device=device)
+
+    def metrics(self) -> dict:
+        """This step's mean per-token KL and mean completion length (this process's), then reset."""
+        s, self._sums = self._sums, {}
+        tokens = s.get("completion_len", 0.0) or 1.0
+        return {"kl": s.get("kl", 0.0) / tokens, "completion_len": tokens / (s.get("n", 0.0) or 1.0)}
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state.get("position", 0))
+
+
+register("dpo", DPOObjective)
+register("distill", DistillObjective)
