@@ -105,7 +105,9 @@ class SFTObjective(Objective):
     needs_masked_data = True
 
 
-ELSEWHERE = {"grpo": "adamba.post"}  # objectives that live in a room above train, by the package
+ELSEWHERE = {
+    name: "adamba.post" for name in ("grpo", "dpo", "distill")
+}  # objectives that live in a room above train, by the package
 
 
 class Registry(dict):
