@@ -445,7 +445,7 @@ class PhaseConfig:
 @dataclass
 class PostConfig:
     """[post]: post-training after SFT, read by the grpo, dpo and distill objectives
-    (adamba/post/objectives.py checks `reward`, the files and the teacher)."""
+    (adamba/post/objectives.py checks `reward`, `tools`, the files and the teacher)."""
 
     prompts: str = ""  # JSONL of {question, answer} or {messages, answer} records (a grpo phase's)
     group_size: int = 8  # G completions per prompt; a micro-step samples the phase's batch_size prompts
@@ -463,8 +463,11 @@ class PostConfig:
     label_smoothing: float = 0.0  # dpo: cDPO's share of the flipped pair
     teacher: str = ""  # distill: an adamba run or checkpoint with the student's tokenizer
     distill_mode: str = "on-policy"  # on-policy (student samples, reverse KL) | off-policy (teacher, forward)
+    tools: str = ""  # grpo: tools the rollouts may call, comma-separated (calculator, python); "" = none
+    max_calls: int = 4  # grpo with tools: tool calls run per completion at most
 
     RANGES = {"group_size": ">= 2", "max_new_tokens": ">= 1", "temperature": "> 0", "top_k": ">= 0"}
+    RANGES["max_calls"] = ">= 1"
     RANGES.update({k: ">= 0" for k in ("eps_low", "eps_high", "beta")})
     RANGES.update({"dpo_beta": "> 0", "label_smoothing": "[0, 0.5)"})
 

@@ -20,8 +20,14 @@ per-micro-batch losses averaged over the step, as TRL does under gradient accumu
 Metrics (metrics.jsonl, every step): reward, accuracy (mean exact answer), completion_len
 (tokens), and kl when beta > 0.
 
-Completions are plain replies: tool calls are not executed here yet (adamba/tools/loop.py runs
-them for one sequence; rollouts with tools and a tool-success reward are the next step).
+With post.tools (e.g. "calculator") the prompts are rendered with those tools' specs in the
+system turn and each completion is a rollout of adamba/tools/loop.py, sampled one at a time: a
+call the model writes is run (at most post.max_calls) and its result forced in, and the model
+continues. The loss and completion_len then cover only the tokens the model generated (the
+rollout's mask; forced tool results and assistant headers get none); exact scores the last
+assistant message's text, and post.reward may add the "tool" term (rewards.tool_success: the
+fraction of the rollout's calls that succeeded, 0 with no call). Extra metrics: calls (per
+completion) and tool_success (successful calls / calls this step, 0 when none were made).
 
 `dpo` (preference pairs, a frozen phase-start reference) and `distill` (a teacher checkpoint
 scores the student's own samples, per-token reverse KL; or the teacher's samples, forward KL)
@@ -45,12 +51,15 @@ from adamba.model.decode import sample_next
 from adamba.post.distill import kl
 from adamba.post.dpo import dpo_loss, sequence_logp
 from adamba.post.grpo import advantages, policy_loss
-from adamba.post.rewards import REWARDS, Reward, combined, exact_answer
+from adamba.post.rewards import REWARDS, TOOL, Reward, combined, exact_answer, tool_success
+from adamba.tools import ToolRegistry, default_registry
+from adamba.tools.loop import generate_with_tools
 from adamba.train.objectives import Objective, register
 
 
-def parse_reward(spec: str) -> tuple[Reward, list[tuple[str, float]]]:
-    """post.reward, "exact+0.1*format" -> (the weighted sum, [(name, weight), ...])."""
+def parse_reward(spec: str, tools: bool = False) -> tuple[Reward, list[tuple[str, float]]]:
+    """post.reward, "exact+0.1*format" -> (the weighted sum of its text rewards, [(name, weight),
+    ...]). `tools`: the "tool" term is allowed (it scores calls, not text: the caller adds it)."""
     terms: list[tuple[str, float]] = []
     for part in spec.split("+"):
         w, star, name = part.strip().rpartition("*")
@@ -59,11 +68,28 @@ def parse_reward(spec: str) -> tuple[Reward, list[tuple[str, float]]]:
         except ValueError:
             weight = math.nan
         terms.append((name.strip(), weight))
-    if not spec.strip() or any(n not in REWARDS or not math.isfinite(w) for n, w in terms):
+    names = [*REWARDS, TOOL] if tools else list(REWARDS)
+    if not spec.strip() or any(n not in names or not math.isfinite(w) for n, w in terms):
+        hint = "" if tools or all(n != TOOL for n, _ in terms) else " ('tool' needs post.tools set)"
         raise AdambaError(
-            f"post.reward={spec!r}: write a sum of [weight*]name over {', '.join(REWARDS)}, e.g. 'exact+0.1*format'"
+            f"post.reward={spec!r}: write a sum of [weight*]name over {', '.join(names)}, e.g. 'exact+0.1*format'{hint}"
         )
-    return combined({REWARDS[n]: w for n, w in terms}), terms
+    return combined({REWARDS[n]: w for n, w in terms if n != TOOL}), terms
+
+
+def parse_tools(spec: str) -> ToolRegistry | None:
+    """post.tools, "calculator,python" -> a registry of those built-in tools (None for "")."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        return None
+    known = default_registry()
+    bad = [n for n in names if n not in known]
+    if bad or len(set(names)) < len(names):
+        why = f"unknown tool {bad[0]!r}" if bad else "a tool named twice"
+        raise AdambaError(
+            f"post.tools={spec!r}: {why}; write comma-separated names of {', '.join(known.names())}"
+        )
+    return ToolRegistry(known.get(n) for n in names)
 
 
 def _prompt(rec: object) -> tuple[list[Message], str] | str:
@@ -96,15 +122,16 @@ def _prompt(rec: object) -> tuple[list[Message], str] | str:
     return f"no question/answer fields ({', '.join(f'{q}+{a}' for q, a in QA_KEYS)}) and no messages"
 
 
-def load_prompts(path: str, tok: Tokenizer) -> list[tuple[list[int], str]]:
-    """post.prompts -> [(prompt ids ending in <|assistant|>, reference answer)]."""
+def load_prompts(path: str, tok: Tokenizer, tools: list[dict] | None = None) -> list[tuple[list[int], str]]:
+    """post.prompts -> [(prompt ids ending in <|assistant|>, reference answer)]; `tools`: specs for
+    the system turn."""
     out = []
     for i, rec in enumerate(read_records(path)):
         got = _prompt(rec)
         if isinstance(got, str):
             raise AdambaError(f"post.prompts={path}: record {i + 1}: {got}")
         msgs, answer = got
-        out.append((render(tok, msgs, prompt=True).ids, answer))
+        out.append((render(tok, msgs, tools, prompt=True).ids, answer))
     if not out:
         raise AdambaError(
             f"post.prompts={path} holds no records: write one {{question, answer}} object a line"
@@ -148,19 +175,25 @@ def sample_group(
 
 
 def completion_logp(
-    model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float = 1.0
+    model,
+    seqs: list[list[int]],
+    starts: list[int],
+    pad: int,
+    temperature: float = 1.0,
+    keep: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log probabilities [N, T-1] of every token after position starts[i] of seqs[i]
     under the logits / temperature the tokens were sampled from (as TRL scores them), right-padded
     (position j scores token j + 1), and the mask [N, T-1] of those tokens. The head runs on the
-    masked positions only, so no [N, T, vocab] logits are kept for backward."""
+    masked positions only, so no [N, T, vocab] logits are kept for backward. `keep[i]` (one 0/1
+    per token after starts[i], a tool rollout's mask) leaves the 0 tokens out of the mask."""
     device = next(model.parameters()).device
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), pad, dtype=torch.long, device=device)
     mask = torch.zeros(len(seqs), T - 1, dtype=torch.bool, device=device)
     for i, (s, a) in enumerate(zip(seqs, starts)):
         x[i, : len(s)] = torch.tensor(s, device=device)
-        mask[i, a - 1 : len(s) - 1] = True
+        mask[i, a - 1 : len(s) - 1] = True if keep is None else torch.tensor(keep[i], dtype=torch.bool)
     h = model.hidden(x[:, :-1])[mask]
     lp = F.log_softmax(model.head(h).float() / temperature, -1)
     lp = lp.gather(-1, x[:, 1:][mask][:, None]).squeeze(-1)
@@ -180,14 +213,16 @@ class GRPOObjective(Objective):
                 f"phase {phase.name!r} uses the 'grpo' objective: set post.prompts to a JSONL file of "
                 "{question, answer} records"
             )
-        self.reward, _ = parse_reward(pc.reward)
+        self.tools = parse_tools(pc.tools)
+        self.reward, terms = parse_reward(pc.reward, self.tools is not None)
+        self.tool_weight = sum(w for n, w in terms if n == TOOL)
         self.tok = Tokenizer.load(cfg.data.tokenizer)
         if self.tok.foreign:
             raise AdambaError(
                 "the grpo objective renders prompts with adamba's chat tokens (<|user|>, <|end|> ...), "
                 f"which the imported tokenizer {cfg.data.tokenizer} lacks"
             )
-        self.prompts = load_prompts(pc.prompts, self.tok)
+        self.prompts = load_prompts(pc.prompts, self.tok, self.tools and self.tools.specs())
         self.stops = stop_ids(self.tok)
         dist = torch.distributed
         on = dist.is_available() and dist.is_initialized()
@@ -207,16 +242,50 @@ class GRPOObjective(Objective):
             self._order = (epoch, torch.randperm(len(self.prompts), generator=g).tolist())
         return self.prompts[self._order[1][i]]
 
+    def _tool_rollouts(self, ids: list[int], answer: str, seed: int, out: dict) -> None:
+        """post.group_size rollouts of one prompt with the tools, one at a time in eval mode, added
+        to `out` (seqs, starts, keep, rewards, exact, calls, calls_ok)."""
+        pc, model = self.post, self.model
+        was = model.training
+        model.eval()
+        try:
+            for c in range(pc.group_size):
+                r = generate_with_tools(
+                    model,
+                    self.tok,
+                    ids,
+                    self.tools,
+                    pc.max_new_tokens,
+                    pc.temperature,
+                    pc.top_k or None,
+                    (seed + c * 1_000_033) % 2**63,
+                    pc.max_calls,
+                )
+                text = next((m.content for m in reversed(r.messages) if m.role == "assistant"), "")
+                out["seqs"].append(ids + r.ids)
+                out["starts"].append(len(ids))
+                out["keep"].append(r.mask)
+                out["rewards"].append(self.reward(text, answer) + self.tool_weight * tool_success(r.calls))
+                out["exact"].append(exact_answer(text, answer))
+                out["calls"] += len(r.calls)
+                out["calls_ok"] += sum(res.error is None for _, res in r.calls)
+        finally:
+            model.train(was)
+
     def loss(self, step, next_batch):
         pc, model, B, G = self.post, self.model, self.phase.batch_size, self.post.group_size
         device = next(model.parameters()).device
         seqs, starts, rewards, exact = [], [], [], []
+        roll = {"seqs": seqs, "starts": starts, "keep": [], "rewards": rewards, "exact": exact}
+        roll.update(calls=0, calls_ok=0)
         for j in range(B):
             k = self.position + self.rank * B + j
             ids, answer = self._prompt_at(k)
-            gen = torch.Generator(device=device).manual_seed(
-                (self.cfg.train.seed * 1_000_003 + self.phase.index * 7_919 + k) % 2**63
-            )
+            seed = (self.cfg.train.seed * 1_000_003 + self.phase.index * 7_919 + k) % 2**63
+            if self.tools is not None:
+                self._tool_rollouts(ids, answer, seed, roll)
+                continue
+            gen = torch.Generator(device=device).manual_seed(seed)
             for c in sample_group(
                 model, ids, G, pc.max_new_tokens, pc.temperature, pc.top_k or None, self.stops, gen
             ):
@@ -228,11 +297,12 @@ class GRPOObjective(Objective):
         self.position += B * self.world
         r = torch.tensor(rewards, dtype=torch.float32, device=device)
         adv = advantages(r, G, pc.scale)
-        logp, mask = completion_logp(model, seqs, starts, self.tok.pad_id, pc.temperature)
+        keep = roll["keep"] if self.tools is not None else None
+        logp, mask = completion_logp(model, seqs, starts, self.tok.pad_id, pc.temperature, keep)
         ref = None
         if self.reference is not None:
             with torch.no_grad():
-                ref = completion_logp(self.reference, seqs, starts, self.tok.pad_id, pc.temperature)[0]
+                ref = completion_logp(self.reference, seqs, starts, self.tok.pad_id, pc.temperature, keep)[0]
         loss = policy_loss(
             logp,
             logp.detach(),
@@ -255,16 +325,23 @@ class GRPOObjective(Objective):
         if ref is not None:
             d = (ref - logp.detach())[mask]
             stats["kl"] = float((torch.exp(d) - d - 1).mean()) * len(seqs)
+        if self.tools is not None:
+            stats.update(calls=roll["calls"], calls_ok=roll["calls_ok"])
         for key, v in stats.items():
             self._sums[key] = self._sums.get(key, 0.0) + v
         n = tokens if pc.loss_type == "dapo" else torch.tensor(len(seqs), device=device)
         return loss, loss.detach(), n
 
     def metrics(self) -> dict:
-        """This step's means over its completions (this process's), then reset."""
+        """This step's means over its completions (this process's), then reset; with tools,
+        tool_success is over the step's calls (0 when none were made)."""
         s, self._sums = self._sums, {}
         n = s.pop("n", 0) or 1
-        return {key: v / n for key, v in s.items()}
+        ok = s.pop("calls_ok", None)
+        out = {key: v / n for key, v in s.items()}
+        if ok is not None:
+            out["tool_success"] = ok / s["calls"] if s["calls"] else 0.0
+        return out
 
     def state_dict(self) -> dict:
         out: dict = {"position": self.position}

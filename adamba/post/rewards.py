@@ -4,15 +4,17 @@ A reward is a function (completion text, reference) -> float. `exact_answer` sco
 number (after "####", else the last number, normalised as GSM8K writes answers: the same
 extraction the GSM8K eval uses, adamba/eval/tasks/gsm8k.py); `answer_format` rewards stating the
 answer in the "#### N" form at all, a small shaping term that helps a tiny model find the format
-before it finds the answer; `combined` weighs several.
+before it finds the answer; `combined` weighs several. `tool_success` scores a rollout's tool
+calls rather than its text (post.reward's "tool" term, allowed when post.tools is set).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from adamba.eval.tasks.gsm8k import NUMBER, extract, normalise
+from adamba.tools.registry import ToolResult
 
 Reward = Callable[[str, str], float]
 FORMAT = re.compile(r"####\s*" + NUMBER.pattern)
@@ -40,4 +42,12 @@ def combined(weights: dict[Reward, float]) -> Reward:
     return reward
 
 
+def tool_success(calls: Sequence[tuple[object, ToolResult]]) -> float:
+    """The fraction of a rollout's (call, result) pairs whose result has no error; 0.0 when it made
+    no call, so that skipping the tools earns nothing (a correct answer without them still earns
+    its exact term: weigh "tool" small, e.g. "exact+0.1*tool")."""
+    return sum(res.error is None for _, res in calls) / len(calls) if calls else 0.0
+
+
 REWARDS: dict[str, Reward] = {"exact": exact_answer, "format": answer_format}
+TOOL = "tool"  # post.reward's name for tool_success (GRPO with post.tools)
