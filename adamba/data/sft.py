@@ -12,7 +12,6 @@ so the loader, mixtures, verify and resume work unchanged; the loader turns mask
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from adamba.data.chat import (
     parse_sharegpt,
     parse_toolbench,
 )
-from adamba.data.shards import MANIFEST, SHARD_RE, _ShardWriter, token_dtype
+from adamba.data.shards import _ShardWriter, token_dtype, write_manifest
 from adamba.data.template import render_conversation
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
@@ -85,18 +84,7 @@ def write_chat_shards(
         raise
     if not w.lines:
         raise AdambaError(f"no conversation with an assistant turn to train on: nothing written to {out}")
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in w.lines:
-            f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out / MANIFEST)
-    keep = {line["path"] for line in w.lines} | {line["mask"] for line in w.lines}
-    for p in out.iterdir():  # shards of an older manifest in the same folder
-        if (SHARD_RE.fullmatch(p.name) or p.name.endswith(".mask")) and p.name not in keep:
-            p.unlink(missing_ok=True)
-    return out / MANIFEST
+    return write_manifest(out, w.lines)
 
 
 def read_records(path: str | Path):

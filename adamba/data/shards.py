@@ -270,17 +270,23 @@ def write_shards(
         raise
     if not w.lines:
         raise AdambaError(f"no usable text: nothing to tokenise for {out} (every document was empty)")
+    return write_manifest(out, w.lines)
+
+
+def write_manifest(out: Path, lines: list[dict]) -> Path:
+    """manifest.jsonl of `lines` (atomic), then remove the shards (and loss masks) of an older
+    manifest in the same folder."""
     manifest = out / MANIFEST
     tmp = out / (MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for line in w.lines:
+        for line in lines:
             f.write(json.dumps(line) + "\n")
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(manifest)
-    keep = {line["path"] for line in w.lines}
-    for p in out.iterdir():  # shards of an older manifest in the same folder
-        if SHARD_RE.fullmatch(p.name) and p.name not in keep:
+    keep = {line["path"] for line in lines} | {line["mask"] for line in lines if line.get("mask")}
+    for p in out.iterdir():
+        if (SHARD_RE.fullmatch(p.name) or p.suffix == ".mask") and p.name not in keep:
             p.unlink(missing_ok=True)
     return manifest
 

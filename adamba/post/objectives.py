@@ -187,17 +187,11 @@ def completion_logp(
     (position j scores token j + 1), and the mask [N, T-1] of those tokens. The head runs on the
     masked positions only, so no [N, T, vocab] logits are kept for backward. `keep[i]` (one 0/1
     per token after starts[i], a tool rollout's mask) leaves the 0 tokens out of the mask."""
-    device = next(model.parameters()).device
-    T = max(len(s) for s in seqs)
-    x = torch.full((len(seqs), T), pad, dtype=torch.long, device=device)
-    mask = torch.zeros(len(seqs), T - 1, dtype=torch.bool, device=device)
-    for i, (s, a) in enumerate(zip(seqs, starts)):
-        x[i, : len(s)] = torch.tensor(s, device=device)
-        mask[i, a - 1 : len(s) - 1] = True if keep is None else torch.tensor(keep[i], dtype=torch.bool)
+    x, mask = _pack(model, seqs, starts, pad, keep)
     h = model.hidden(x[:, :-1])[mask]
     lp = F.log_softmax(model.head(h).float() / temperature, -1)
     lp = lp.gather(-1, x[:, 1:][mask][:, None]).squeeze(-1)
-    logp = torch.zeros(mask.shape, dtype=lp.dtype, device=device)
+    logp = torch.zeros(mask.shape, dtype=lp.dtype, device=x.device)
     logp[mask] = lp
     return logp, mask
 
@@ -477,14 +471,21 @@ def load_teacher(path: str, tok: Tokenizer, vocab_size: int, device):
 def completion_logits(model, seqs: list[list[int]], starts: list[int], pad: int) -> torch.Tensor:
     """[1, N, vocab] logits at the N positions that predict the completion tokens of seqs (those
     after starts[i]), in the order completion_logp's mask takes them."""
+    x, mask = _pack(model, seqs, starts, pad)
+    return model.head(model.hidden(x[:, :-1])[mask])[None]
+
+
+def _pack(model, seqs, starts, pad, keep=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [N, T] and the mask [N, T-1] of the positions that predict a token after
+    starts[i] (those `keep[i]` marks 1, when given)."""
     device = next(model.parameters()).device
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), pad, dtype=torch.long, device=device)
     mask = torch.zeros(len(seqs), T - 1, dtype=torch.bool, device=device)
     for i, (s, a) in enumerate(zip(seqs, starts)):
         x[i, : len(s)] = torch.tensor(s, device=device)
-        mask[i, a - 1 : len(s) - 1] = True
-    return model.head(model.hidden(x[:, :-1])[mask])[None]
+        mask[i, a - 1 : len(s) - 1] = True if keep is None else torch.tensor(keep[i], dtype=torch.bool)
+    return x, mask
 
 
 class DistillObjective(Objective):
