@@ -218,9 +218,7 @@ class GRPOObjective(Objective):
             )
         self.prompts = load_prompts(pc.prompts, self.tok, self.tools and self.tools.specs())
         self.stops = stop_ids(self.tok)
-        dist = torch.distributed
-        on = dist.is_available() and dist.is_initialized()
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+        self.rank, self.world = _rank_world(model, phase)
         self.position = 0  # prompts taken so far, all ranks together
         self._order: tuple[int, list[int]] | None = None  # (epoch, its permutation)
         self.reference = None
@@ -375,7 +373,19 @@ def _seeded_at(obj, k: int, n: int) -> int:
     return obj._order[1][i]
 
 
-def _rank_world() -> tuple[int, int]:
+def _rank_world(model, phase) -> tuple[int, int]:
+    """(rank, world) of this process; refused in one line under FSDP2, whose sharded weights the
+    objectives' sampling and scoring (plain calls on the unwrapped model) cannot use. Under DDP
+    every rank holds the whole model and takes its own prompts of the shared stream."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch 2.5 keeps it under _composable
+        from torch.distributed._composable.fsdp import FSDPModule
+    if any(isinstance(m, FSDPModule) for m in model.modules()):
+        raise AdambaError(
+            f"phase {phase.name!r}: the {phase.objective!r} objective samples and scores with the whole "
+            "model on every rank, which FSDP2 shards: run it with train.parallel=ddp"
+        )
     dist = torch.distributed
     on = dist.is_available() and dist.is_initialized()
     return (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
@@ -420,7 +430,7 @@ class DPOObjective(Objective):
             )
         self.tok = _chat_tokenizer(cfg, "dpo")
         self.pairs = load_pairs(self.post.pairs, self.tok)
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = _rank_world(model, phase)
         self.position = 0
         self._order: tuple[int, list[int]] | None = None
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -517,7 +527,7 @@ class DistillObjective(Objective):
         self.stops = stop_ids(self.tok)
         device = next(model.parameters()).device
         self.teacher = load_teacher(pc.teacher, self.tok, cfg.model.vocab_size, device)
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = _rank_world(model, phase)
         self.position = 0
         self._order: tuple[int, list[int]] | None = None
         self._sums: dict[str, float] = {}
