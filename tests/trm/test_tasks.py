@@ -180,3 +180,22 @@ def test_one_line_errors(name, split, options, match):
     with pytest.raises(AdambaError, match=match) as e:
         load_task(name, split, **options)
     assert "\n" not in str(e.value)
+
+
+def test_file_options_and_generator_options_do_not_mix(tmp_path):
+    (tmp_path / "train.csv").write_text("source,question,answer,rating\n")
+    with pytest.raises(AdambaError, match="holes apply to generated"):
+        load_task("sudoku", "train", path=tmp_path, holes=3)
+    with pytest.raises(AdambaError, match="no puzzle in"):
+        load_task("sudoku", "train", path=tmp_path)
+
+
+def test_score_dispatch():
+    from adamba.trm.tasks import score
+
+    spec, split = load_task("sudoku", "test", box=2, n=10, seed=0)
+    preds = split.labels.clone()
+    preds[:3, 0] = 1  # three rows wrong in one cell
+    assert score(spec, split, preds) == {"n": 10, "exact": 0.7}
+    with pytest.raises(AdambaError, match="do not match"):
+        score(spec, split, preds[:5])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +64,13 @@ def check_split(task: str, split: str) -> None:
         raise AdambaError(f"{task}: unknown split '{split}': use 'train' or 'test'")
 
 
-def read_puzzle_csv(path: str | Path, task: str, split: str) -> list[tuple[str, str, str, float]]:
+def read_puzzle_csv(
+    path: str | Path, task: str, split: str, n: int | None, min_rating: float | None, seed: int
+) -> list[tuple[str, str, str, float]]:
     """Rows (source, question, answer, rating) of the published Sudoku-Extreme / Maze-Hard files
     (sapientinc on Hugging Face): a header line, then one puzzle a row. `path` is the file or a
-    folder holding {split}.csv."""
+    folder holding {split}.csv; rows rated below `min_rating` are dropped, then `n` are kept
+    (a seeded sample, in file order)."""
     p = Path(path)
     if p.is_dir():
         p = p / f"{split}.csv"
@@ -82,14 +87,47 @@ def read_puzzle_csv(path: str | Path, task: str, split: str) -> list[tuple[str, 
         for i, row in enumerate(reader, start=2):
             if len(row) != 4:
                 raise AdambaError(
-                    f"{task}: {p} line {i} has {len(row)} fields, expected 4 (source,question,answer,rating)"
+                    f"{task}: {p} line {i} has {len(row)} fields, expected source,question,answer,rating"
                 )
-            source, q, a, rating = row
             try:
-                rows.append((source, q, a, float(rating)))
+                rating = float(row[3])
             except ValueError:
-                raise AdambaError(f"{task}: {p} line {i}: rating '{rating}' is not a number") from None
+                raise AdambaError(f"{task}: {p} line {i}: rating '{row[3]}' is not a number") from None
+            if min_rating is None or rating >= min_rating:
+                rows.append((row[0], row[1], row[2], rating))
+    if n is not None and n < len(rows):
+        rows = [
+            rows[i] for i in sorted(random.Random(f"{task}-csv|{seed}|{split}").sample(range(len(rows)), n))
+        ]
+    if not rows:
+        raise AdambaError(
+            f"{task}: no puzzle in {p} with min_rating={min_rating}: lower it or check the file"
+        )
     return rows
+
+
+FILE_OPTIONS = ("n", "min_rating", "seed", "n_aug")  # what a loader of a published file takes besides path
+
+
+def generate_or_read(
+    task: str, split: str, options: dict, generate, read, knob: str
+) -> tuple[TaskSpec, Split]:
+    """Dispatch a task's options: path= reads a published file (FILE_OPTIONS apply), anything
+    else goes to the generator (its keyword arguments are the options). `knob` is the
+    generator's difficulty option, named in the error for min_rating without a file."""
+    check_split(task, split)
+    made = set(inspect.signature(generate).parameters) - {"split"}
+    unknown_options(task, options, made | {"path", *FILE_OPTIONS})
+    if "path" in options:
+        extra = sorted(set(options) - {"path", *FILE_OPTIONS})
+        if extra:
+            raise AdambaError(
+                f"{task}: {', '.join(extra)} apply to generated puzzles, not to path=: drop them"
+            )
+        return read(split, **options)
+    if "min_rating" in options:
+        raise AdambaError(f"{task}: min_rating applies to a published file: pass path= or use {knob}")
+    return generate(split, **options)
 
 
 def unknown_options(task: str, options: dict, allowed: set[str]) -> None:

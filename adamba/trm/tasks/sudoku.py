@@ -19,20 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from adamba.errors import AdambaError
-from adamba.trm.tasks.spec import Split, TaskSpec, check_split, read_puzzle_csv, split_bucket, unknown_options
-
-OPTIONS = {
-    "box",
-    "n",
-    "holes",
-    "min_nodes",
-    "seed",
-    "test_fraction",
-    "n_aug",
-    "path",
-    "min_rating",
-    "max_tries",
-}
+from adamba.trm.tasks.spec import Split, TaskSpec, generate_or_read, read_puzzle_csv, split_bucket
 
 
 def parse_box(box) -> tuple[int, int]:
@@ -261,10 +248,8 @@ def load_csv(
     """Sudoku-Extreme (sapientinc/sudoku-extreme): question with '.' (or '0') for blanks, answer
     the 81 digits, rating = its solver's difficulty. `n` subsamples (seeded) after `min_rating`."""
     board = Board(3, 3)
-    rng = random.Random(f"sudoku-csv|{seed}|{split}")
-    rows = [r for r in read_puzzle_csv(path, "sudoku", split) if min_rating is None or r[3] >= min_rating]
-    if n is not None and n < len(rows):
-        rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
+    rng = random.Random(f"sudoku-aug|{seed}|{split}")
+    rows = read_puzzle_csv(path, "sudoku", split, n, min_rating, seed)
     puzzles, solutions, meta = [], [], []
     for source, q, a, rating in rows:
         if len(q) != 81 or len(a) != 81 or not q.replace(".", "0").isdigit() or not a.isdigit():
@@ -280,18 +265,8 @@ def load_csv(
             puzzles.append(p)
             solutions.append(s)
             meta.append({**item, "augmented": True})
-    if not puzzles:
-        raise AdambaError(f"sudoku: no puzzle in {path} for split '{split}' with min_rating={min_rating}")
     return spec(9), to_split(puzzles, solutions, meta)
 
 
 def load(split: str, **options) -> tuple[TaskSpec, Split]:
-    check_split("sudoku", split)
-    unknown_options("sudoku", options, OPTIONS)
-    path = options.pop("path", None)
-    if path is not None:
-        keep = {k: options[k] for k in ("n", "min_rating", "seed", "n_aug") if k in options}
-        return load_csv(split, path, **keep)
-    if "min_rating" in options:
-        raise AdambaError("sudoku: min_rating applies to a Sudoku-Extreme file: pass path= or use min_nodes")
-    return generate(split, **options)
+    return generate_or_read("sudoku", split, options, generate, load_csv, "min_nodes")
