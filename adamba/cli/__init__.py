@@ -17,6 +17,7 @@ from adamba.cli import (
     evaluate,
     grow,
     hf,
+    notebook,
     phases,
     quickstart,
     sample,
@@ -40,6 +41,7 @@ GROUPS = (
     hf,
     quickstart,
     grow,
+    notebook,
     data,
 )  # the order `adamba --help` lists them in
 
