@@ -17,6 +17,7 @@ demonstration pairs of the evaluation tasks (test-time training; their test outp
 enter it), with random translations (except one pair per version, left at the corner).
 "test" holds the evaluation tasks' test pairs in every version at offset (0, 0); its meta
 carries what the pass@2 scorer needs (task, test index, transform, the true output grid).
+Give both splits the same options: each of them moves the puzzle ids, which must line up.
 """
 
 from __future__ import annotations
