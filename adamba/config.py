@@ -1,7 +1,7 @@
 """Plain dataclasses for every setting, TOML presets and type-checked dotted overrides.
 
-A config file has one table per section ([model], [data], [train], [run], [elastic], [post]); the
-model's layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
+A config file has one table per section ([model], [data], [train], [run], [elastic], [post], [predictive]);
+the model's layer kinds have tables of their own ([model.attn], [model.mlp], [model.mamba], [model.kda]).
 `--set section.key=value` (or `section.table.key=value`) overrides one field after loading.
 Unknown keys, wrong types (a TOML string where a number belongs too) and values out of range
 fail with one line that names the key and what it accepts, because a mistake silently taken costs
@@ -31,6 +31,7 @@ from adamba.config_io import (  # noqa: F401  (re-exported: the config API is ad
     check_range,
     check_ranges,
     fields,
+    fill_lenient,
     migrate,
     section,
     set_value,
@@ -483,6 +484,33 @@ class PostConfig:
 
 
 @dataclass
+class PredictiveConfig:
+    """[predictive]: experimental; WARMUP, FULL, PREDICT, CORRECT cycles (adamba/train/predictive.py)."""
+
+    enabled: bool = False
+    warmup_steps: int = 20  # real steps that only collect updates
+    full_steps: int = 10  # real steps that train the dynamics model before a PREDICT run
+    horizon: int = 4  # first PREDICT run's length; doubles after a clean run, halves after a departure
+    max_horizon: int = 16
+    correct_steps: int = 2  # real steps after a PREDICT run: residuals stored, corrector fitted
+    history: int = 4  # recent real updates the predicted one combines (per tensor)
+    band: float = 3.0  # leave PREDICT when loss > predicted + band x the loss noise's std
+    max_error: float = 0.7  # relative error of the last prediction above which CORRECT goes to FULL
+    hidden: int = 16  # state encoder width
+    lr: float = 3e-3  # Adam rate of the dynamics model and the corrector
+
+    RANGES = {k: ">= 1" for k in ("full_steps", "horizon", "max_horizon", "correct_steps", "hidden")}
+    RANGES.update({"warmup_steps": ">= 0", "history": ">= 2", "band": "> 0", "max_error": "> 0", "lr": "> 0"})
+
+    def validate(self) -> None:
+        check_ranges("predictive", self, self.RANGES)
+        if self.max_horizon < self.horizon:
+            raise AdambaError(
+                f"predictive.max_horizon={self.max_horizon} must be >= predictive.horizon={self.horizon}"
+            )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -490,6 +518,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     post: PostConfig = field(default_factory=PostConfig)
+    predictive: PredictiveConfig = field(default_factory=PredictiveConfig)
     phase: list[PhaseConfig] = field(default_factory=list)  # [[phase]] tables, in order
 
     def validate(self) -> Config:
@@ -500,6 +529,7 @@ class Config:
         self.run.validate()
         self.elastic.validate()
         self.post.validate()
+        self.predictive.validate()
         for i, ph in enumerate(self.phase):
             ph.validate(f"phase.{i}")
             if ph.objective in ("elastic", "gate-calibration") and not self.elastic.enabled:
@@ -561,28 +591,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with to_dict (a checkpoint's config.json), migrated to today's
     layout. Lenient where loading a TOML file is strict: a key this version no longer has is
     skipped, so an older checkpoint still loads (its weights are checked separately)."""
-
-    def fill(obj: Any, table: dict[str, Any]) -> None:
-        names = set(fields(obj))
-        for k, v in table.items():
-            if k not in names:
-                continue
-            if dataclasses.is_dataclass(getattr(obj, k)):
-                if isinstance(v, dict):
-                    fill(getattr(obj, k), v)
-            elif k in TABLE_LISTS and isinstance(v, list):
-                items = []
-                for t in v:
-                    items.append(TABLE_LISTS[k]())
-                    fill(items[-1], t if isinstance(t, dict) else {})
-                setattr(obj, k, items)
-            else:
-                setattr(obj, k, v)
-
     cfg = Config()
     tables = migrate(data)
-    fill(cfg, {k: v for k, v in tables.items() if k in TABLE_LISTS})
+    fill_lenient(cfg, {k: v for k, v in tables.items() if k in TABLE_LISTS})
     for sec_name, table in tables.items():
         if isinstance(table, dict):
-            fill(section(cfg, sec_name), table)
+            fill_lenient(section(cfg, sec_name), table)
     return cfg

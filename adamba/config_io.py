@@ -229,6 +229,26 @@ def table_list_type(obj: Any, name: str) -> type | None:
     return None
 
 
+def fill_lenient(obj: Any, table: dict[str, Any]) -> None:
+    """Copy a saved table (a checkpoint's config.json) into a dataclass, recursing into tables and
+    arrays of tables; keys the dataclass no longer has are skipped, values are taken as saved."""
+    names = set(fields(obj))
+    for k, v in table.items():
+        if k not in names:
+            continue
+        if dataclasses.is_dataclass(getattr(obj, k)):
+            if isinstance(v, dict):
+                fill_lenient(getattr(obj, k), v)
+        elif (inner := table_list_type(obj, k)) is not None and isinstance(v, list):
+            items = []
+            for t in v:
+                items.append(inner())
+                fill_lenient(items[-1], t if isinstance(t, dict) else {})
+            setattr(obj, k, items)
+        else:
+            setattr(obj, k, v)
+
+
 def _table(cfg: Any, path: list[str]) -> tuple[Any, str]:
     """The dataclass at a dotted table path (['model', 'attn'], or ['phase', '1'] in an array of
     tables) and its printable name."""

@@ -27,7 +27,7 @@ from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
 from adamba.eval.bpb import evaluate_bpb
 from adamba.model.lm import LM
-from adamba.train import dist, rundir
+from adamba.train import dist, predictive, rundir
 from adamba.train.monitor import ProgressDisplay, RunLogs, check_loggers
 from adamba.train.objectives import OBJECTIVES, Objective
 from adamba.train.optim import build_optimizer
@@ -166,6 +166,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.loader: TokenLoader | None = None
         self.objective: Objective | None = None
+        self.predictive: predictive.Predictive | predictive.Off = predictive.Off()  # [predictive]
         self.phase_i = self.phase_step = self.step = self.tokens_seen = 0
         self.elapsed_prev = 0.0
         self.last_saved: int | None = None
@@ -278,6 +279,7 @@ class Trainer:
         if "phase" not in st and st.get("gate_calibrated") and len(self.phases) > 1:
             self.phase_i, self.phase_step = 1, self.phases[1].steps  # a run from before phases
         self.enter_phase(self.phase_i, tstate["optimizer"], st.get("loader"), tstate.get("objective"))
+        self.predictive.load_state_dict(tstate.get("predictive") or {})
         ck.set_rng_state(tstate["rng"])
 
     def _open_loader(self, ph: Phase, prefetch: int = 2) -> TokenLoader:
@@ -343,6 +345,7 @@ class Trainer:
         self.objective = kind(model, self.cfg, ph, self.forward)
         if objective_state:
             self.objective.load_state_dict(objective_state)
+        self.predictive = predictive.build(self.cfg, model, ph.objective, ph.seq_len, self.dist.world)
         self.phase_i = i
 
     # ---- one step ---------------------------------------------------------------------------
@@ -354,11 +357,26 @@ class Trainer:
         """One optimizer step of the current phase; returns its metrics row. The gradient is the
         mean over every target token of the step (all micro-steps, all ranks); a non-finite loss
         or gradient on any rank skips the update everywhere (counted; MAX_BAD_STEPS in a row stop
-        the run)."""
-        ph, opt, d = self.phase, self.optimizer, self.dist
+        the run). With [predictive] on, a PREDICT step runs forward only (adamba/train/predictive.py)."""
+        ph = self.phase
         lr = ph.lr * lr_multiplier(self.phase_step, ph.steps, ph)
-        for g in opt.param_groups:
+        for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
+        skip = self.predictive.skips_backward
+        loss_acc, gnorm, extra = self.predictive.predict_step(self, lr) if skip else self.real_step(lr)
+        self.step += 1
+        self.phase_step += 1
+        self.tokens_seen += ph.tokens_per_step
+        row = {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm, **extra}
+        row.update(self.model.moe_report() if hasattr(self.model, "moe_report") else {})  # MoE routing
+        row.update(self.objective.metrics() if hasattr(self.objective, "metrics") else {})  # e.g. GRPO reward
+        if self.skipped:
+            row["skipped_steps"] = self.skipped
+        return row
+
+    def real_step(self, lr: float) -> tuple[float, float, dict]:
+        """Forward, backward and AdamW's step: (loss, gradient norm, the predictive mode's metrics)."""
+        ph, opt, d, extra = self.phase, self.optimizer, self.dist, {}
         count, loss_sum = 0.0, 0.0
         for k in range(ph.grad_accum):
             with dist.no_sync(d, self.wrapped, k < ph.grad_accum - 1), self.amp:
@@ -402,17 +420,9 @@ class Trainer:
                 )
         else:
             self.bad_steps = 0
-            opt.step()
+            extra = self.predictive.real_step(opt.step, loss_acc, lr, ph.grad_accum, int(count))
             opt.zero_grad(set_to_none=True)
-        self.step += 1
-        self.phase_step += 1
-        self.tokens_seen += ph.tokens_per_step
-        row = {"step": self.step, "phase": ph.name, "loss": loss_acc, "lr": lr, "grad_norm": gnorm}
-        row.update(self.model.moe_report() if hasattr(self.model, "moe_report") else {})  # MoE routing
-        row.update(self.objective.metrics() if hasattr(self.objective, "metrics") else {})  # e.g. GRPO reward
-        if self.skipped:
-            row["skipped_steps"] = self.skipped
-        return row
+        return loss_acc, gnorm, extra
 
     def evaluate(self) -> dict | None:
         """Bits per byte on data.val: eval_batches steps' worth of sequences, always the same ones
@@ -458,7 +468,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "elapsed_s": elapsed,
         }
-        return state, {"objective": self.objective.state_dict()}
+        return state, {"objective": self.objective.state_dict(), "predictive": self.predictive.state_dict()}
 
     def save(self, elapsed: float, loader_state: dict) -> None:
         """Every rank gathers (FSDP2's shards are collectives); rank 0 writes, and all ranks learn
