@@ -12,6 +12,11 @@ def test_presets_load():
     )
     assert {"tiny-cpu", "small-cpu", "plan-tiny", "curriculum-tiny"} <= set(names)
     for name in names:
+        if name.startswith("trm-"):  # route B configs: their own loader (tests/trm)
+            from adamba.trm.config import load_trm_config
+
+            assert load_trm_config(name).model.n_sup >= 1
+            continue
         cfg = load_config(name)
         assert cfg.model.n_layer > 0
     stages = load_config("curriculum-tiny").phase

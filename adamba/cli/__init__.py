@@ -25,11 +25,13 @@ from adamba.cli import (
     surgery,
     tool,
     train,
+    trm,
 )
 from adamba.errors import AdambaError
 
 GROUPS = (
     train,
+    trm,
     phases,
     estimate,
     sample,

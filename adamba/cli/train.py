@@ -9,7 +9,14 @@ import adamba.post.objectives  # noqa: F401  (registers the post-training object
 
 def run(args: argparse.Namespace) -> None:
     from adamba.config import load_config
+    from adamba.errors import AdambaError
     from adamba.train import run as train_run
+    from adamba.trm.config import is_trm_config
+
+    if is_trm_config(args.config):
+        raise AdambaError(
+            f"{args.config} is a TRM config (route B): train it with `adamba trm train --config {args.config}`"
+        )
 
     overrides = list(args.set or [])
     if args.out:
@@ -35,13 +42,20 @@ def register(sub) -> None:
         epilog="Several processes: torchrun --standalone --nproc_per_node=N -m adamba train ... "
         "--set train.parallel=ddp (or fsdp); train.batch_size is per process.",
     )
-    t.add_argument("--config", required=True, help="TOML file or preset name (e.g. tiny-cpu)")
+    add_run_flags(t, "tiny-cpu", "train.lr=1e-3 or model.attn.n_head=8")
+    t.set_defaults(func=run)
+
+
+def add_run_flags(t, preset: str, example: str) -> None:
+    """--config/--out/--set/--resume/--overwrite/--no-progress, shared by `adamba train` and
+    `adamba trm train`."""
+    t.add_argument("--config", required=True, help=f"TOML file or preset name (e.g. {preset})")
     t.add_argument("--out", help="run directory (overrides run.out_dir)")
     t.add_argument(
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. train.lr=1e-3 or model.attn.n_head=8 (repeatable)",
+        help=f"override a config value, e.g. {example} (repeatable)",
     )
     t.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest intact checkpoint"
@@ -52,4 +66,3 @@ def register(sub) -> None:
         help="start over in a run directory that holds an earlier run (deletes its checkpoints and metrics)",
     )
     t.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    t.set_defaults(func=run)

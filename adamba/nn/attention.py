@@ -119,6 +119,7 @@ class Attention(nn.Module):
             self.q_norm_weight = nn.Parameter(torch.ones(self.head_dim))
             self.k_norm_weight = nn.Parameter(torch.ones(self.head_dim))
         self.eps = cfg.norm_eps
+        self.causal = True  # False: every query reads every key (TRM's bidirectional core over a grid)
         yarn = None
         if a.rope_scaling == "yarn":
             yarn = Yarn(
@@ -133,14 +134,14 @@ class Attention(nn.Module):
 
     def _mask(self, T: int, S: int, device) -> torch.Tensor | None:
         """Boolean mask [T, S] (True = attend) for T queries at the end of S keys; None when
-        plain causal SDPA suffices."""
-        if self.window <= 0 and T == S:
+        plain SDPA (causal, or not with `causal` False) suffices."""
+        if self.window <= 0 and T == S and (self.causal or self.sinks is None):
             return None
         q_pos = torch.arange(S - T, S, device=device)[:, None]
         k_pos = torch.arange(S, device=device)[None, :]
-        mask = k_pos <= q_pos
-        if self.window > 0:
-            mask = mask & (k_pos > q_pos - self.window)
+        mask = k_pos <= q_pos if self.causal else torch.ones_like(k_pos <= q_pos)
+        if self.window > 0:  # the `window` nearest keys back (and, non-causal, forward)
+            mask = mask & ((k_pos - q_pos).abs() < self.window)
         return mask
 
     def _attend(
@@ -170,7 +171,8 @@ class Attention(nn.Module):
             return sink_sdpa(q, k, v, sinks, mask)
         gqa = q.shape[1] != k.shape[1]
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            causal = T > 1 and self.causal
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
     def heads_at(self, width: float) -> tuple[int, int]:
