@@ -60,8 +60,10 @@ def _with_tools(args: argparse.Namespace, model, tokenizer) -> None:
 
     if args.mode is not None:
         raise AdambaError("--tools decodes at full width: drop --mode")
-    if tokenizer.foreign:
-        raise AdambaError("--tools needs adamba's chat tokens; this checkpoint's tokenizer was imported")
+    if not tokenizer.has_chat:
+        raise AdambaError(
+            "--tools needs adamba's chat tokens, which this imported tokenizer lacks (adamba surgery chat-tokens)"
+        )
     tools = default_registry()
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     unknown = [n for n in names if n not in tools]

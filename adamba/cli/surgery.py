@@ -49,9 +49,25 @@ def widen(args: argparse.Namespace) -> None:
     )
 
 
+def chat_tokens(args: argparse.Namespace) -> None:
+    from adamba.surgery.chat_tokens import chat_tokens_checkpoint
+
+    path = chat_tokens_checkpoint(args.ckpt, args.out, args.overwrite)
+    rec = json.loads((path.parent.parent / "surgery.json").read_text())
+    (v0, v1), ids = rec["vocab_size"], sorted(rec["added"].values())
+    print(
+        f"chat-tokens: added {len(ids)} special tokens (ids {ids[0]}..{ids[-1]}), vocabulary rows {v0} -> {v1} "
+        f"({rec['rows']}); old tokens' logits identical, max |log-prob change| "
+        f"{rec['max_abs_logprob_change']:.1e} -> {path}\n"
+        f"chat data for it: adamba data chat FILE --tokenizer {path} --out DIR; then adamba train ... "
+        f"--set train.init_from={args.out} --set data.tokenizer={path}/tokenizer.json"
+    )
+
+
 def register(sub) -> None:
     s = sub.add_parser(
-        "surgery", help="grow a checkpoint without changing its function: inject Mamba2 layers, deepen, widen"
+        "surgery",
+        help="grow a checkpoint without changing its function: inject Mamba2 layers, deepen, widen, add chat tokens",
     )
     sub = s.add_subparsers(dest="surgery_command", required=True, metavar="COMMAND")
     i = sub.add_parser(
@@ -121,3 +137,19 @@ def register(sub) -> None:
     )
     w.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     w.set_defaults(func=widen)
+    c = sub.add_parser(
+        "chat-tokens",
+        help="give an imported checkpoint adamba's chat tokens (<|user|>, <|end|>, tool calls ...)",
+        description="Append the chat tokens an imported (Hugging Face) tokenizer lacks as special tokens "
+        "(old ids and encodings unchanged) and give the model rows for them: padding rows where the "
+        "embedding has them, else new rows at the mean of the old ones. The old tokens' logits stay bit for "
+        "bit (checked before writing); their probabilities shift by the new tokens' small share (measured, "
+        "in surgery.json). Then chat, SFT data, GRPO and --tools work on the model. Writes "
+        "OUT/checkpoints/step_000000 (with the extended tokenizer) and OUT/surgery.json.",
+    )
+    c.add_argument(
+        "--ckpt", required=True, help="run directory or checkpoint folder with an imported tokenizer"
+    )
+    c.add_argument("--out", required=True, help="run directory for the checkpoint with chat tokens")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    c.set_defaults(func=chat_tokens)

@@ -51,6 +51,7 @@ SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + [
     f"<|reserved_{i}|>" for i in range(N_SPECIAL - len(NAMED_SPECIAL_TOKENS))
 ]
 BOS_ID = 0  # SPECIAL_TOKENS.index("<|bos|>"); shards and the loader rely on it
+CHAT_TOKENS = NAMED_SPECIAL_TOKENS[3:]  # roles, <|end|>, tool calls and results, thinking
 
 # cl100k_base's split pattern (GPT-4): contractions, letter runs with one leading non-letter,
 # 1-3 digit groups, punctuation runs, newlines, spaces.
@@ -323,6 +324,29 @@ class Tokenizer:
         """Text of `ids`; special tokens are rendered by name (e.g. "<|bos|>")."""
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    @property
+    def has_chat(self) -> bool:
+        """Whether every chat token (roles, <|end|>, tool calls and results, thinking) has an id:
+        what chat rendering, SFT data, GRPO and `adamba chat` need. Always true for adamba's own
+        tokenizers; an imported one gains them with `with_chat_tokens`."""
+        return all(t in self._special for t in CHAT_TOKENS)
+
+    def with_chat_tokens(self) -> Tokenizer:
+        """This tokenizer with the chat tokens it lacks appended as new special tokens (ids
+        vocab_size, vocab_size + 1, ...): every existing id and every encoding of ordinary text
+        stays the same. BOS / EOS / PAD stay the model's own (a new, untrained BOS would change
+        what it computes). The model needs rows for the new ids: `adamba surgery chat-tokens`."""
+        if self.has_chat:
+            return self
+        hf = HFTokenizer.from_str(self._hf.to_str())
+        hf.add_special_tokens(
+            [t for t in CHAT_TOKENS if t not in self._special and hf.token_to_id(t) is None]
+        )
+        specials = dict(self._special)
+        for t in CHAT_TOKENS:
+            specials.setdefault(t, hf.token_to_id(t))
+        return Tokenizer(hf, specials)
+
     def special_id(self, name: str) -> int:
         """Id of a special token, by full name ("<|user|>") or bare name ("user")."""
         key = name if name.startswith("<|") else f"<|{name}|>"
@@ -330,7 +354,7 @@ class Tokenizer:
             if self.foreign:
                 raise AdambaError(
                     f"this tokenizer (imported) has no {key}: it knows only {', '.join(self._special)}; "
-                    "chat formatting needs adamba's chat tokens"
+                    "chat formatting needs adamba's chat tokens (add them: adamba surgery chat-tokens)"
                 )
             raise AdambaError(f"unknown special token {name!r}; known: {', '.join(NAMED_SPECIAL_TOKENS)}")
         return self._special[key]
@@ -401,7 +425,8 @@ CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name: BOS / EOS / PAD of
 
 def foreign_specials(hf: HFTokenizer, config: Path) -> dict[str, int]:
     """adamba's names for the specials of a tokenizer made elsewhere, from its Hugging Face
-    tokenizer_config.json (bos_token / eos_token / pad_token, as strings or {"content": ...})."""
+    tokenizer_config.json (bos_token / eos_token / pad_token, as strings or {"content": ...}),
+    plus adamba's other named tokens where its vocabulary has them (added by `with_chat_tokens`)."""
     try:
         conf = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -412,6 +437,9 @@ def foreign_specials(hf: HFTokenizer, config: Path) -> dict[str, int]:
         tok = tok.get("content") if isinstance(tok, dict) else tok
         if tok is not None and hf.token_to_id(tok) is not None:
             out[special] = hf.token_to_id(tok)
+    for name in CHAT_TOKENS:  # added by `adamba surgery chat-tokens`
+        if hf.token_to_id(name) is not None:
+            out[name] = hf.token_to_id(name)
     if "<|eos|>" not in out:
         raise AdambaError(
             f"{config} names no eos_token found in the vocabulary: generation needs one to stop"

@@ -210,12 +210,7 @@ class GRPOObjective(Objective):
         self.tools = parse_tools(pc.tools)
         self.reward, terms = parse_reward(pc.reward, self.tools is not None)
         self.tool_weight = sum(w for n, w in terms if n == TOOL)
-        self.tok = Tokenizer.load(cfg.data.tokenizer)
-        if self.tok.foreign:
-            raise AdambaError(
-                "the grpo objective renders prompts with adamba's chat tokens (<|user|>, <|end|> ...), "
-                f"which the imported tokenizer {cfg.data.tokenizer} lacks"
-            )
+        self.tok = _chat_tokenizer(cfg, "grpo")
         self.prompts = load_prompts(pc.prompts, self.tok, self.tools and self.tools.specs())
         self.stops = stop_ids(self.tok)
         self.rank, self.world = _rank_world(model, phase)
@@ -355,10 +350,10 @@ register("grpo", GRPOObjective)
 
 def _chat_tokenizer(cfg, name: str) -> Tokenizer:
     tok = Tokenizer.load(cfg.data.tokenizer)
-    if tok.foreign:
+    if not tok.has_chat:
         raise AdambaError(
             f"the {name} objective renders prompts with adamba's chat tokens (<|user|>, <|end|> ...), "
-            f"which the imported tokenizer {cfg.data.tokenizer} lacks"
+            f"which the imported tokenizer {cfg.data.tokenizer} lacks (add them: adamba surgery chat-tokens)"
         )
     return tok
 

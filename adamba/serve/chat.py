@@ -39,10 +39,10 @@ class ChatSession:
     stats: dict = field(default_factory=dict)  # the last reply's compute-mode accounting
 
     def __post_init__(self) -> None:
-        if self.tokenizer.foreign:
+        if not self.tokenizer.has_chat:
             raise AdambaError(
                 "this checkpoint's tokenizer was imported and has no adamba chat tokens (<|user|>, <|end|> ...): "
-                "chat needs a model trained with adamba's tokenizer; use adamba sample for plain completion"
+                "add them with adamba surgery chat-tokens (then SFT it), or use adamba sample for plain completion"
             )
 
     def reset(self) -> None:

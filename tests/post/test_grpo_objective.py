@@ -212,7 +212,7 @@ def test_grpo_setup_errors(tiny_data, tmp_path, monkeypatch):
 
     def imported(path):  # the objective's tokenizer, as if imported from Hugging Face
         t = Tokenizer.load(path)
-        t.foreign = True
+        t.foreign, t._special = True, {"<|eos|>": t.eos_id}  # no chat tokens
         return t
 
     monkeypatch.setattr(po, "Tokenizer", SimpleNamespace(load=imported))
