@@ -80,7 +80,12 @@ def register(sub) -> None:
         'shards with a loss mask beside each: a phase with objective = "sft" trains only on the '
         "assistant's tokens. Malformed records are counted and skipped.",
     )
-    c.add_argument("inputs", nargs="+", help="JSONL, JSON (a list) or Parquet files")
+    c.add_argument(
+        "inputs",
+        nargs="+",
+        help="JSONL, JSON (a list) or Parquet files, or datasets read with `datasets`: hf:owner/name[:config], "
+        "hf:/a/local/folder (offline), or a known name such as gsm8k (gsm8k:test for its test split)",
+    )
     c.add_argument("--format", required=True, choices=["qa", "sharegpt", "glaive", "toolbench"])
     c.add_argument("--tokenizer", required=True, help="tokenizer.json (adamba's: it has the chat tokens)")
     c.add_argument("--out", required=True, help="output folder")

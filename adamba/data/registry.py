@@ -34,6 +34,7 @@ from adamba.data.sources import (
     TextField,
     expand_paths,
     hf_documents,
+    hf_records,
     read_documents,
 )
 from adamba.errors import AdambaError
@@ -279,6 +280,22 @@ def open_input(
     raise AdambaError(
         f"{spec}: no such file or folder, and not a dataset name (known: {', '.join(REGISTRY)}; or hf:owner/name)"
     )
+
+
+def open_records(spec: str, stats: SourceStats | None = None) -> Iterator[dict]:
+    """The raw records of a dataset input (`hf:owner/name[:config]`, `hf:/a/local/folder`, or a
+    registry name with an optional split, e.g. `gsm8k` or `gsm8k:test`) through `datasets`: what
+    `adamba data chat` parses into conversations."""
+    if spec.startswith("hf:"):
+        path, config = _parse_hf_spec(spec)
+        return hf_records(path, config, stats=stats)
+    name, _, split = spec.partition(":")
+    s = REGISTRY.get(name)
+    if s is None or s.hub is None:
+        known = ", ".join(n for n, r in REGISTRY.items() if r.hub)
+        raise AdambaError(f"{spec}: no such file, and not a dataset name (known: {known}; or hf:owner/name)")
+    files = list(s.data_files) if isinstance(s.data_files, tuple) else s.data_files
+    return hf_records(s.hub, s.config, split or s.split, data_files=files, stats=stats)
 
 
 def describe_input(spec: str) -> dict[str, Any]:

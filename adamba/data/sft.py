@@ -28,6 +28,7 @@ from adamba.data.chat import (
     parse_sharegpt,
     parse_toolbench,
 )
+from adamba.data.registry import open_records
 from adamba.data.shards import _ShardWriter, token_dtype, write_manifest
 from adamba.data.template import render_conversation
 from adamba.data.tokenizer import Tokenizer
@@ -118,7 +119,9 @@ def read_records(path: str | Path):
 def chat_shards_from_files(
     paths: list[str], fmt: str, tokenizer: Tokenizer, out_dir: str | Path, limit: int = 0
 ) -> tuple[Path, ChatStats]:
-    """`adamba data chat`: JSONL / JSON / Parquet records in format `fmt` -> masked shards."""
+    """`adamba data chat`: records in format `fmt` -> masked shards. An input is a JSONL / JSON /
+    Parquet file, or a dataset read through `datasets` (registry.open_records: hf:owner/name,
+    hf:/a/local/folder for offline use, gsm8k)."""
     if fmt not in PARSERS:
         raise AdambaError(f"--format {fmt!r}: choose one of {', '.join(PARSERS)}")
     stats = ChatStats()
@@ -126,7 +129,7 @@ def chat_shards_from_files(
     def records():
         n = 0
         for p in paths:
-            for rec in read_records(p):
+            for rec in read_records(p) if Path(p).exists() else open_records(p):
                 if limit and n >= limit:
                     return
                 n += 1

@@ -345,23 +345,23 @@ def hf_offline() -> bool:
     )
 
 
-def hf_documents(
+def hf_records(
     path: str,
     name: str | None = None,
     split: str = "train",
-    text_field: TextField = "text",
     data_files: str | list[str] | None = None,
     revision: str | None = None,
     streaming: bool = True,
     cache_dir: str | None = None,
-    limit: int | None = None,
     stats: SourceStats | None = None,
-) -> Iterator[Document]:
-    """A Hugging Face dataset through `datasets.load_dataset` (optional extra `adamba[hf]`).
+) -> Iterator[dict]:
+    """The raw records of a Hugging Face dataset through `datasets.load_dataset` (optional extra
+    `adamba[hf]`): a hub name, or a local folder / builder ("json", "parquet" with `data_files`)
+    for offline use.
 
     Streams by default (no full download); in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)
     it reads the local cache instead, since streaming needs the network. HF_ENDPOINT is honoured by
-    `datasets` itself. `path` may also be a builder such as "json" or "parquet" with `data_files`.
+    `datasets` itself.
     """
     try:
         import datasets
@@ -369,7 +369,6 @@ def hf_documents(
         raise AdambaError(
             f"reading the Hugging Face dataset {path!r} needs the `datasets` package: pip install 'adamba[hf]'"
         ) from None
-    stats = stats if stats is not None else SourceStats()
     offline = hf_offline()
     label = path + (f"/{name}" if name else "") + f":{split}"
     try:
@@ -390,9 +389,29 @@ def hf_documents(
             else f"check the name and your network or HF_ENDPOINT ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')})"
         )
         raise AdambaError(f"could not load Hugging Face dataset {label}: {msg}; {hint}") from e
-    stats.files += 1
+    if stats is not None:
+        stats.files += 1
+    yield from ds
+
+
+def hf_documents(
+    path: str,
+    name: str | None = None,
+    split: str = "train",
+    text_field: TextField = "text",
+    data_files: str | list[str] | None = None,
+    revision: str | None = None,
+    streaming: bool = True,
+    cache_dir: str | None = None,
+    limit: int | None = None,
+    stats: SourceStats | None = None,
+) -> Iterator[Document]:
+    """A Hugging Face dataset's records as Documents (`hf_records`; `text_field` as for JSONL)."""
+    stats = stats if stats is not None else SourceStats()
+    label = path + (f"/{name}" if name else "") + f":{split}"
     n = 0
-    for i, rec in enumerate(ds):
+    records = hf_records(path, name, split, data_files, revision, streaming, cache_dir, stats)
+    for i, rec in enumerate(records):
         if limit is not None and n >= limit:
             break
         if (doc := _record_document(rec, text_field, str(i), f"hf:{label}", stats)) is not None:

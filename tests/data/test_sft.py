@@ -134,3 +134,48 @@ def test_data_chat_cli_and_an_sft_phase(tiny_data, tmp_path):
     conf.write_text('[[phase]]\nname = "sft"\nobjective = "sft"\nsteps = 3\n')
     bad = adamba("train", "--config", str(conf), "--out", str(tmp_path / "run2"), *base)
     assert_clean_error(bad, "needs chat data with a loss mask")
+
+
+def test_data_chat_reads_a_dataset_through_datasets(tiny_data, tmp_path, monkeypatch):
+    """`hf:FOLDER`: a local folder of Parquet / JSONL files read by `datasets.load_dataset`, as a
+    hub dataset is (offline use); the same records as the file gives; an unknown name is one line."""
+    pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = [{"question": f"What is {i}+{i}?", "answer": f"#### {2 * i}"} for i in range(25)]
+    folder = tmp_path / "local-gsm8k" / "data"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "train-00000-of-00001.parquet")
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outs = {}
+    for name, src in (("hf", f"hf:{tmp_path / 'local-gsm8k'}"), ("file", str(tmp_path / "qa.jsonl"))):
+        outs[name] = tmp_path / name
+        res = adamba(
+            "data",
+            "chat",
+            src,
+            "--format",
+            "qa",
+            "--tokenizer",
+            tiny_data["tokenizer"],
+            "--out",
+            str(outs[name]),
+        )
+        assert res.returncode == 0, res.stderr
+        assert "25 conversations (qa)" in res.stdout, res.stdout
+    a, b = (read_manifest(outs[k] / "manifest.jsonl") for k in ("hf", "file"))
+    assert [np.array_equal(load_tokens(x), load_tokens(y)) for x, y in zip(a, b)] == [True] * len(a)
+    bad = adamba(
+        "data",
+        "chat",
+        "no-such-set",
+        "--format",
+        "qa",
+        "--tokenizer",
+        tiny_data["tokenizer"],
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert_clean_error(bad, "no-such-set: no such file, and not a dataset name", "gsm8k")
