@@ -461,7 +461,7 @@ class DPOObjective(Objective):
 def load_teacher(path: str, tok: Tokenizer, vocab_size: int, device):
     """The teacher checkpoint as a frozen eval-mode model on `device`; refused in one line unless
     its tokenizer is the student's (same fingerprint and vocabulary size)."""
-    from adamba.checkpoint import load_model
+    from adamba.checkpoint import WEIGHTS, load_model
 
     teacher, ttok, ckpt = load_model(path)
     if ttok.fingerprint() != tok.fingerprint() or ckpt.cfg.model.vocab_size != vocab_size:
@@ -470,6 +470,7 @@ def load_teacher(path: str, tok: Tokenizer, vocab_size: int, device):
             f"{ckpt.cfg.model.vocab_size}) is not the student's ({tok.fingerprint()[:12]}, vocab {vocab_size}): "
             "distillation compares the two distributions token by token, so both need one tokenizer"
         )
+    teacher.weights_sha256 = ckpt.state.get("files", {}).get(WEIGHTS, {}).get("sha256")  # checked on resume
     return teacher.to(device).eval().requires_grad_(False)
 
 
@@ -522,6 +523,7 @@ class DistillObjective(Objective):
         self.stops = stop_ids(self.tok)
         device = next(model.parameters()).device
         self.teacher = load_teacher(pc.teacher, self.tok, cfg.model.vocab_size, device)
+        self.teacher_sha = self.teacher.weights_sha256
         self.rank, self.world = _rank_world(model, phase)
         self.position = 0
         self._order: tuple[int, list[int]] | None = None
@@ -569,9 +571,18 @@ class DistillObjective(Objective):
         return {"kl": s.get("kl", 0.0) / tokens, "completion_len": tokens / (s.get("n", 0.0) or 1.0)}
 
     def state_dict(self) -> dict:
-        return {"position": self.position}
+        return {"position": self.position, "teacher_sha256": self.teacher_sha}
 
     def load_state_dict(self, state: dict) -> None:
+        """A resume must distil from the teacher the run began with: a teacher run that trained on
+        (its LATEST moved) or another checkpoint at that path would silently change the target."""
+        was = state.get("teacher_sha256")
+        if was is not None and was != self.teacher_sha:
+            raise AdambaError(
+                f"post.teacher={self.post.teacher} is not the teacher this run began with (its weights "
+                f"changed: sha256 {was[:12]} then, {str(self.teacher_sha)[:12]} now): resume with that "
+                "checkpoint (a checkpoints/step_N folder), or start a new run"
+            )
         self.position = int(state.get("position", 0))
 
 

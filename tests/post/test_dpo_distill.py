@@ -219,3 +219,24 @@ def test_setup_errors(tiny_data, tmp_path, teacher, monkeypatch):
         with pytest.raises(AdambaError) as e:
             trainer.run(distill_config(tiny_data, tmp_path, args[0], 1, *args[1:]), overwrite=True)
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_resume_refuses_a_changed_teacher(tiny_data, tmp_path, teacher):
+    """A distill run resumes against the teacher it began with; when the teacher path now holds
+    other weights (its run trained on, LATEST moved), --resume is refused in one line."""
+    import shutil
+
+    moving = tmp_path / "teacher"
+    shutil.copytree(teacher, moving)
+    cfg = distill_config(tiny_data, tmp_path, moving, 2, "train.ckpt_every=2")
+    trainer.run(cfg)
+    resumed = distill_config(tiny_data, tmp_path, moving, 3)  # one more step, same teacher: fine
+    assert trainer.run(resumed, resume=True).steps == 3
+    model, tok, ckpt = ck.load_model(moving)
+    with torch.no_grad():
+        model.head.weight.mul_(1.5)
+    ck.save_checkpoint(moving, 999, model, ckpt.cfg, ckpt.tokenizer_path)
+    with pytest.raises(AdambaError) as e:
+        trainer.run(distill_config(tiny_data, tmp_path, moving, 4), resume=True)
+    msg = str(e.value)
+    assert "is not the teacher this run began with" in msg and "\n" not in msg, msg
