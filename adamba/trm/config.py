@@ -109,6 +109,7 @@ class TRMTrainConfig:
     ema: float = 0.999  # EMA decay of the weights evaluated and saved; 0 = no EMA
     loss: str = "stablemax"  # "stablemax" (TRM's) or "softmax" cross-entropy
     q_weight: float = 0.5  # weight of the halting BCE
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off (TRM has none; deep recursion at a high lr diverged here without it)
     eval_every: int = 250  # 0 = only at the end
     eval_batch: int = 256
     eval_n: int = 0  # test rows evaluated during training; 0 = all (the final evaluation is always all)
@@ -124,7 +125,10 @@ class TRMTrainConfig:
 
 TRAIN_RANGES = {
     **{k: ">= 1" for k in ("batch_size", "max_steps", "eval_batch")},
-    **{k: ">= 0" for k in ("warmup", "eval_every", "eval_n", "ckpt_every", "weight_decay", "q_weight")},
+    **{
+        k: ">= 0"
+        for k in ("warmup", "eval_every", "eval_n", "ckpt_every", "weight_decay", "q_weight", "grad_clip")
+    },
     **{"lr": "> 0", "lr_min_ratio": "[0, 1]", "beta1": "[0, 1)", "beta2": "[0, 1)", "ema": "[0, 1)"},
 }
 

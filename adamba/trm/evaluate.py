@@ -17,7 +17,7 @@ from adamba.config_io import apply_overrides
 from adamba.errors import AdambaError
 from adamba.trm.config import TRMConfig, read_trm_config, task_override
 from adamba.trm.model import TRM
-from adamba.trm.tasks import Split, exact_accuracy, load_task
+from adamba.trm.tasks import Split, TaskSpec, exact_accuracy, load_task, score
 
 
 @dataclass
@@ -117,4 +117,21 @@ def run_eval(
             f"fit {ckpt} ({m.vocab_size}, {m.seq_len}, {m.n_puzzle_ids}): keep the task options it was trained with"
         )
     ev = evaluate(model, split, cfg.train.eval_batch, limit)
-    return ev, cfg, []
+    scores = task_scores(spec, split, ev)
+    extra = [f"maze: valid and shortest {scores['valid_shortest']:.4f}"] if "valid_shortest" in scores else []
+    if "pass@2" in scores:
+        extra.append(
+            f"arc: pass@2 {scores['pass@2']:.4f} (pass@1 {scores['pass@1']:.4f}, every test input of a task "
+            f"{scores['task_all@2']:.4f}) over {scores['n_tasks']} tasks, {scores['n_test_inputs']} test inputs"
+        )
+    return ev, cfg, extra
+
+
+def task_scores(spec: TaskSpec, split: Split, ev: EvalResult) -> dict:
+    """The task's own scorer on the final answers (ARC: pass@2, voting with sigmoid(q_halt) as
+    the confidence, as TRM's evaluator does) over the rows evaluated."""
+    n = ev.n
+    part = Split(
+        split.inputs[:n], split.labels[:n], split.puzzle_ids[:n], split.meta[:n] if split.meta else None
+    )
+    return score(spec, part, ev.preds, torch.sigmoid(ev.q_halt))

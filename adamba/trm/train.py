@@ -33,7 +33,7 @@ from adamba.checkpoint import (
 )
 from adamba.errors import AdambaError
 from adamba.trm.config import TRMConfig, read_trm_config
-from adamba.trm.evaluate import EvalResult, evaluate
+from adamba.trm.evaluate import EvalResult, evaluate, task_scores
 from adamba.trm.loss import trm_loss
 from adamba.trm.model import EMA, TRM, Carry, SparseSignSGD, count_params
 from adamba.trm.tasks import Split, TaskSpec, load_task
@@ -188,6 +188,8 @@ class Trainer:
         loss, st = trm_loss(logits, q, labels, cfg.train.loss, cfg.train.q_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.opt.step()
         self.puzzle_opt.step(pids, prow, lr_at(self.step, m.puzzle_lr, cfg))
         if self.ema is not None:
@@ -314,7 +316,11 @@ def run(cfg: TRMConfig, resume: bool = False, overwrite: bool = False) -> TrainR
             bar.update(task, completed=trainer.step, info=info)
         ev = trainer.evaluate()
         if ev is not None:
-            log.write(json.dumps({"step": trainer.step, "eval": ev.summary(), "final": True}) + "\n")
+            scores = task_scores(spec, test, ev)
+            log.write(
+                json.dumps({"step": trainer.step, "eval": ev.summary(), "scores": scores, "final": True})
+                + "\n"
+            )
     trainer.save(run_dir, spec, ev)
     return TrainResult(run_dir, trainer.step, time.time() - t0, count_params(trainer.model), ev, history)
 

