@@ -289,6 +289,8 @@ def run(cfg: TRMConfig, resume: bool = False, overwrite: bool = False) -> TrainR
         saved = read_trm_config(from_ckpt)
         saved.train.max_steps, saved.run = cfg.train.max_steps, cfg.run  # what a resume may change
         cfg = saved
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     spec, train, test = load_data(cfg)
     trainer = Trainer(cfg, train, test)
     if from_ckpt is not None:

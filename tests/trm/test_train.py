@@ -23,6 +23,7 @@ TINY = [
     "train.warmup=2",
     "train.eval_n=8",
     "train.eval_batch=16",
+    "train.threads=0",  # keep the test process's thread count
     "task.options.n=64",
     "task.test_options.n=16",
 ]
