@@ -32,6 +32,8 @@ The design, and why:
   and step count stay as they were (there is no gradient to feed them) and the schedule's step
   advances. A departure does not revert the last update (the history has already moved on); the
   CORRECT steps that follow repair it with real gradients.
+- Each phase of a run starts the mode afresh at WARMUP (its trainable set may differ); one
+  process only (PREDICT steps are not synchronised across ranks), LM and SFT objectives only.
 - Accounting: forward and backward passes, and FLOPs from adamba/model/flops.py (a real
   micro-step pays forward + backward per token, a PREDICT micro-step the forward only) plus the
   mode's own elementwise work (dot products, applying updates, snapshots), so a comparison at
