@@ -17,7 +17,7 @@ pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-EXPECTED = ["00_env_smoke", "10_data_prep", "20_route_a_train"]
+EXPECTED = ["00_env_smoke", "10_data_prep", "20_route_a_train", "30_route_b_train"]
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
@@ -56,7 +56,9 @@ def test_runs_top_to_bottom(path, kernel, tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     assert not list(NOTEBOOKS.glob("*/")) and not (NOTEBOOKS / "runs").exists(), "writes stay in the temp dir"
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert any("image/png" in o.get("data", {}) for o in last.outputs), f"{path.name} ends without a picture"

@@ -26,7 +26,9 @@ from adamba.errors import AdambaError
 KERNEL_NAME = "adamba"
 DISPLAY_NAME = "adamba (.venv)"
 PROJECT = Path(__file__).resolve().parents[2]  # the checkout: adamba/cli/notebook.py -> ../..
-GET_LAB = "uv sync --extra notebook (or: uv pip install 'jupyterlab>=4' 'ipykernel>=6')"
+GET_LAB = (
+    "uv run --extra notebook adamba notebook installs it (or: uv pip install 'jupyterlab>=4' 'ipykernel>=6')"
+)
 
 
 def kernel_prefix(project: Path = PROJECT) -> Path:
@@ -85,9 +87,14 @@ def register(sub) -> None:
         "notebook",
         help="register the project's Jupyter kernel and start Jupyter Lab in notebooks/",
         description="Register the project's Jupyter kernel (inside the project: the .venv's prefix) and "
-        "start Jupyter Lab in notebooks/. Needs the notebook extra: " + GET_LAB + ".",
+        "start Jupyter Lab in notebooks/. Needs the notebook extra: " + GET_LAB + ". As root (a "
+        "container), Jupyter wants: adamba notebook -- --allow-root",
     )
-    n.add_argument("--dir", default=str(PROJECT / "notebooks"), help="the folder Lab opens (default: notebooks/)")
-    n.add_argument("--print", action="store_true", help="print where the kernel goes and the Lab command; do nothing")
+    n.add_argument(
+        "--dir", default=str(PROJECT / "notebooks"), help="the folder Lab opens (default: notebooks/)"
+    )
+    n.add_argument(
+        "--print", action="store_true", help="print where the kernel goes and the Lab command; do nothing"
+    )
     n.add_argument("lab_args", nargs=argparse.REMAINDER, help="after --: arguments for jupyter lab")
     n.set_defaults(func=run)

@@ -16,7 +16,10 @@ def test_print_names_kernel_and_lab_command(capsys, tmp_path):
     main(["notebook", "--print", "--dir", str(tmp_path), "--", "--port", "8890", "--no-browser"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"kernel: {nbcli.kernel_prefix()}/share/jupyter/kernels/adamba")
-    assert out[1] == f"lab: {sys.executable} -m jupyterlab --ServerApp.root_dir={tmp_path} --port 8890 --no-browser"
+    assert (
+        out[1]
+        == f"lab: {sys.executable} -m jupyterlab --ServerApp.root_dir={tmp_path} --port 8890 --no-browser"
+    )
 
 
 def test_kernel_stays_in_the_project(monkeypatch, tmp_path):
@@ -41,9 +44,12 @@ def test_install_kernel_runs_this_interpreter(tmp_path):
 
 def test_missing_lab_or_kernel_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setattr(nbcli.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(AdambaError, match=r"Jupyter Lab is not installed: uv sync --extra notebook"):
+    with pytest.raises(
+        AdambaError,
+        match=r"Jupyter Lab is not installed: uv run --extra notebook adamba notebook installs it",
+    ):
         nbcli.lab_command(tmp_path, [])
-    with pytest.raises(AdambaError, match=r"ipykernel is not installed.*uv sync --extra notebook"):
+    with pytest.raises(AdambaError, match=r"ipykernel is not installed.*uv run --extra notebook"):
         nbcli.install_kernel(tmp_path)
 
 
