@@ -2,10 +2,11 @@
 
     python benchmarks/trm.py                 # everything below, ~20-25 min on 2 shared cores
     python benchmarks/trm.py --quick         # a smoke run of every arm, a minute
+    python benchmarks/trm.py --parts main --box 2x3 --json results/trm-sudoku6x6.json   # 6x6
 
-On a Sudoku generated here (4x4, as many clues removed as a unique solution allows; the
-held-out puzzles never share a solution with the training ones), from the trm-sudoku-cpu
-preset, in one run:
+On a Sudoku generated here (4x4 by default, --box 2x3 for 6x6; as many clues removed as a
+unique solution allows; the held-out puzzles never share a solution with the training ones),
+from the trm-sudoku-cpu preset, in one run:
 1. TRM (n=3, T=2, up to 4 supervision steps, halting) vs the same network without recursion or
    deep supervision (n=T=1, one step) at equal training FLOPs, counted by torch's
    FlopCounterMode on a real training step of each (forward + backward), 3 seeds: held-out exact
@@ -40,7 +41,6 @@ from adamba.trm.train import Trainer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
-SUDOKU = ["task.options.box=2", "task.options.n=6000", "task.test_options.n=500"]
 TRM = ["model.n=3", "model.T=2", "model.n_sup=4", "model.halting=true"]
 FLAT = ["model.n=1", "model.T=1", "model.n_sup=1", "model.halting=false"]
 CORES = {  # about equal parameters (printed): the mixer's params differ, d_model evens them out
@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: few steps, one seed")
     ap.add_argument("--trm-steps", type=int, default=900, help="TRM's steps; the budget is their FLOPs")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--box", default="2", help="Sudoku boxes: 2 = 4x4, 2x3 = 6x6, 3 = 9x9")
     ap.add_argument("--ablation-steps", type=int, default=600)
     ap.add_argument("--parts", default="main,cores,depth,arc", help="comma-separated parts to run")
     ap.add_argument(
@@ -135,15 +136,13 @@ def main() -> None:
     if a.quick:
         a.trm_steps, a.seeds, a.ablation_steps, a.arc_steps = 20, 1, 10, 10
     parts = set(filter(None, a.parts.split(",")))
-    spec, train = load_task("sudoku", "train", box=2, n=6000)
-    _, test = load_task("sudoku", "test", box=2, n=500)
-    print(
-        f"sudoku 4x4: {len(train)} train / {len(test)} test puzzles, {(train.inputs == 1).sum(1).float().mean():.1f} blanks"
-    )
-    result: dict = {
-        "task": {"name": "sudoku", "box": 2, "n_train": len(train), "n_test": len(test)},
-        "runs": [],
-    }
+    box = int(a.box) if a.box.isdigit() else a.box
+    spec, train = load_task("sudoku", "train", box=box, n=6000)
+    _, test = load_task("sudoku", "test", box=box, n=500)
+    blanks = (train.inputs == 1).sum(1).float().mean().item()
+    print(f"sudoku {spec.grid[0]}x{spec.grid[1]}: {len(train)} train / {len(test)} test, {blanks:.1f} blanks")
+    task = {"name": "sudoku", "box": box, "n_train": len(train), "n_test": len(test), "blanks": blanks}
+    result: dict = {"task": task, "runs": []}
     rows = []
     mean = {}
     f_trm, f_flat = (
