@@ -37,15 +37,15 @@ is `adamba.train.trainer.run` (AdamW, constant learning rate after a 5% warm-up 
 objective allows) on a byte-level BPE of `--vocab` tokens trained by adamba on the task's text.
 
 Caveats: one task family (addition), tiny models (156k parameters at d64, 492k at d128; 2 layers,
-vocabulary 512) trained for a minute or less each on a shared 2-core CPU; `--seeds` seeds (default 2:
-the 15-minute budget of the run that produced results/post.json did not hold three) and a
-held-out set of a few hundred questions, so differences of a few points are within noise (the
-binomial standard error of an exact match p on n questions is sqrt(p(1-p)/n), printed). Learning
-rates and step counts are guesses from one pilot run (seed 1337), not tuned per stage; the
-issue's GSM8K bullet is not part of this script. GRPO and DPO start from the
+vocabulary 512) trained for a minute or less each on a shared 2-core CPU; `--seeds` seeds (default 3)
+and a held-out set of a few hundred questions, so differences of a few points are within noise (the
+binomial standard error of an exact match p on n questions is sqrt(p(1-p)/n), printed). The
+thread count changes the floating-point sums and with them every trajectory: results/post.json
+is `--threads 1`. Learning rates and step counts are guesses from one pilot run (seed 1337), not
+tuned per stage; the issue's GSM8K bullet is benchmarks/gsm8k.py. GRPO and DPO start from the
 CoT-SFT model, so they are read against that model's exact match.
 
-    python benchmarks/post.py            # the full measurement (~16.5 min on 2 cores)
+    python benchmarks/post.py --threads 1  # results/post.json (~25 min alone on 2 cores; 53 shared)
     python benchmarks/post.py --quick    # a tiny smoke version (~45 s), JSON in the temp folder (kept)
 """
 
@@ -402,7 +402,7 @@ def strip(obj):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a tiny smoke version; JSON in the temp folder")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--d-teacher", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
