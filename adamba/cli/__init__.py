@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from adamba.cli import (
@@ -68,3 +69,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("adamba: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `adamba data inspect ... | head`: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(141)

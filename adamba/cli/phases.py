@@ -4,6 +4,7 @@ spending any compute on it."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> None:
@@ -11,6 +12,14 @@ def run(args: argparse.Namespace) -> None:
     from adamba.train.phases import describe
 
     cfg = load_config(args.config, list(args.set or []))
+    tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    if tok is not None and tok.exists():  # the vocabulary adamba train will build, not the default
+        from adamba.data.tokenizer import Tokenizer
+
+        t, rows = Tokenizer.load(tok), cfg.model.vocab_size  # as Trainer.build sizes it
+        cfg.model.vocab_size = (
+            rows if t.foreign and cfg.train.init_from and rows > t.vocab_size else t.vocab_size
+        )
     print("\n".join(describe(cfg)))
 
 
@@ -20,7 +29,8 @@ def register(sub) -> None:
         help="print a config's phase plan: per phase its objective, steps, tokens, trainable/frozen counts, data",
         description="Print the phases a config trains in order ([[phase]] tables, or the implicit "
         "single `lm` phase; `elastic` + `gate-calibration` with elastic.enabled), with the parameter "
-        "counts each one trains and freezes. Nothing is trained and no data is read.",
+        "counts each one trains and freezes (at the vocabulary size of data.tokenizer when it exists). Nothing "
+        "is trained and no data is read.",
     )
     p.add_argument("--config", required=True, help="TOML file or preset name (e.g. plan-tiny)")
     p.add_argument(

@@ -194,7 +194,7 @@ def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False, check:
 def _check_export(model: LM, dst: Path) -> float:
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(dst, torch_dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.cfg.vocab_size, (2, min(48, model.cfg.max_seq_len)), generator=g)
     with torch.no_grad():

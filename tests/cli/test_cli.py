@@ -105,3 +105,29 @@ def test_phases_prints_the_plan_of_a_preset():
     assert mamba < 0.25 * total  # only the M layers train in phase 1
     bad = adamba("phases", "--config", "plan-tiny", "--set", "phase.1.train=['blocks.*.nothing']")
     assert_clean_error(bad, "matches no parameter")
+
+
+def test_phases_counts_at_the_tokenizers_vocabulary(tiny_data):
+    """With data.tokenizer set, the parameter counts are those of the model adamba train builds
+    (the tokenizer's vocabulary), not of the default vocab_size."""
+    from adamba.config import load_config
+    from adamba.data.tokenizer import Tokenizer
+    from adamba.model.lm import LM
+
+    over = ["model.d_model=32", "model.n_layer=2", f"data.tokenizer={tiny_data['tokenizer']}"]
+    res = adamba("phases", "--config", "tiny-cpu", *(a for o in over for a in ("--set", o)))
+    assert res.returncode == 0, res.stderr
+    cfg = load_config("tiny-cpu", over)
+    cfg.model.vocab_size = Tokenizer.load(tiny_data["tokenizer"]).vocab_size
+    want = sum(p.numel() for p in LM(cfg.model).parameters())
+    assert f"model {want:,} " in res.stdout.splitlines()[0], res.stdout
+
+
+def test_a_closed_pipe_is_not_a_traceback(tiny_data):
+    """`adamba ... | head`: the reader leaves early; adamba stops without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m adamba data inspect {tiny_data['train']} | head -c 20"
+    res = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in res.stderr and "BrokenPipeError" not in res.stderr, res.stderr
