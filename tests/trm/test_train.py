@@ -144,6 +144,10 @@ def test_cli_eval_prints_accuracy_per_step(tmp_path, capsys):
     main(["trm", "eval", "--ckpt", str(out), "--task", "sudoku", "--set", "model.n_sup=5", "--limit", "10"])
     text = capsys.readouterr().out
     assert "exact accuracy" in text and "by supervision step: 1:" in text and " 5:" in text
+    assert "trained on sudoku" in _error(["trm", "eval", "--ckpt", str(out), "--task", "maze"], capsys)
+    again = ["trm", "train", "--config", "trm-sudoku-cpu", "--out", str(out)]
+    assert "--resume" in _error(again, capsys)  # a run directory is never silently mixed
+    assert "nothing to resume" in _error([*again[:-1], str(tmp_path / "new"), "--resume"], capsys)
 
 
 def _error(argv, capsys) -> str:
