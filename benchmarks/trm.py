@@ -47,7 +47,7 @@ CORES = {  # about equal parameters (printed): the mixer's params differ, d_mode
     "attention AA": ["model.pattern=AA", "model.rope=true", "model.d_model=56"],
     "MLP-mixer MM": ["model.pattern=MM", "model.rope=false"],
 }
-KDA = {"KDA 3:1 KKKA": ["model.pattern=KKKA", "model.rope=true", "model.d_model=48", "model.heads=4"]}
+KDA = {"KDA 3:1 KKKA": ["model.pattern=KKKA", "model.rope=true", "model.d_model=40", "model.heads=4"]}
 DEPTHS = [(2, 1), (4, 2), (6, 3)]
 
 
