@@ -18,12 +18,7 @@ def run(args: argparse.Namespace) -> None:
             f"{args.config} is a TRM config (route B): train it with `adamba trm train --config {args.config}`"
         )
 
-    overrides = list(args.set or [])
-    if args.out:
-        overrides.append(f"run.out_dir={args.out}")
-    if args.no_progress:
-        overrides.append("run.progress=false")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, run_overrides(args))
     res = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
     if res.rank != 0:
         return
@@ -44,6 +39,16 @@ def register(sub) -> None:
     )
     add_run_flags(t, "tiny-cpu", "train.lr=1e-3 or model.attn.n_head=8")
     t.set_defaults(func=run)
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set values, then what --out and --no-progress stand for."""
+    out = list(args.set or [])
+    if args.out:
+        out.append(f"run.out_dir={args.out}")
+    if args.no_progress:
+        out.append("run.progress=false")
+    return out
 
 
 def add_run_flags(t, preset: str, example: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from adamba.cli.train import add_run_flags
+from adamba.cli.train import add_run_flags, run_overrides
 
 
 def _print_eval(ev, n_sup: int) -> None:
@@ -21,12 +21,7 @@ def train(args: argparse.Namespace) -> None:
     from adamba.trm.config import load_trm_config
     from adamba.trm.train import run
 
-    overrides = list(args.set or [])
-    if args.out:
-        overrides.append(f"run.out_dir={args.out}")
-    if args.no_progress:
-        overrides.append("run.progress=false")
-    cfg = load_trm_config(args.config, overrides)
+    cfg = load_trm_config(args.config, run_overrides(args))
     res = run(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"trained {res.steps} steps, {res.params:,} parameters, {res.seconds:.0f}s -> {res.run_dir}")
     if res.eval is not None:
