@@ -281,13 +281,40 @@ def _prepare_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
+RESUME_FREE = ("eval_every", "ckpt_every", "threads", "device")  # [train] keys a resume may change
+TASK_GIVEN = ("vocab_size", "seq_len", "n_puzzle_ids")  # filled in from the task (0 = not yet)
+
+
+def _check_resume(cfg: TRMConfig, saved: TRMConfig) -> None:
+    """A resume continues the saved run: a --set (or an edited config) that changes anything else
+    than train.max_steps, [run] and RESUME_FREE is refused in one line, not silently dropped."""
+    new, old = cfg.to_dict(), saved.to_dict()
+    diff = []
+    for sec in ("model", "train", "task"):
+        for key, value in new[sec].items():
+            free = (sec == "train" and key in ("max_steps", *RESUME_FREE)) or (
+                sec == "model" and key in TASK_GIVEN and value == 0
+            )
+            if not free and old[sec].get(key) != value:
+                diff.append(f"{sec}.{key}: run {old[sec].get(key)!r} vs now {value!r}")
+    if diff:
+        raise AdambaError(
+            f"cannot resume with a changed config ({', '.join(diff[:4])}): a resume continues the saved "
+            "run (only train.max_steps, eval_every, ckpt_every, threads, device and [run] may change); "
+            "start a new run (--overwrite or another --out) to train another"
+        )
+
+
 def run(cfg: TRMConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train per cfg into cfg.run.out_dir (metrics.jsonl, checkpoints/); returns the final eval."""
     run_dir = Path(cfg.run.out_dir)
     from_ckpt = _prepare_dir(run_dir, resume, overwrite)
     if from_ckpt is not None:
         saved = read_trm_config(from_ckpt)
+        _check_resume(cfg, saved)
         saved.train.max_steps, saved.run = cfg.train.max_steps, cfg.run  # what a resume may change
+        for key in RESUME_FREE:
+            setattr(saved.train, key, getattr(cfg.train, key))
         cfg = saved
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)

@@ -201,3 +201,20 @@ def test_cli_arc_end_to_end_reports_pass_at_2(tmp_path, capsys):
     assert "arc: pass@2" in text and "tasks" in text
     final = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["final"] and "pass@2" in final["scores"]
+
+
+def test_resume_refuses_a_changed_config_instead_of_dropping_it(tmp_path, capsys):
+    """--resume continues the saved run: a --set that changes the model or the recipe is one line,
+    not silently ignored; max_steps, eval/ckpt cadence, threads and [run] may change."""
+    out = tmp_path / "run"
+    common = ["--config", "trm-sudoku-cpu", "--out", str(out), "--no-progress"]
+    common += sum((["--set", s] for s in TINY), [])
+    main(["trm", "train", *common, "--set", "train.max_steps=2"])
+    with pytest.raises(SystemExit) as e:
+        main(["trm", "train", *common, "--set", "train.max_steps=4", "--set", "model.n=5", "--resume"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot resume with a changed config (model.n: run" in err and "\n" not in err, err
+    main(["trm", "train", *common, "--set", "train.max_steps=3", "--set", "train.eval_every=1", "--resume"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
