@@ -16,10 +16,8 @@ def run(args: argparse.Namespace) -> None:
     if tok is not None and tok.exists():  # the vocabulary adamba train will build, not the default
         from adamba.data.tokenizer import Tokenizer
 
-        t, rows = Tokenizer.load(tok), cfg.model.vocab_size  # as Trainer.build sizes it
-        cfg.model.vocab_size = (
-            rows if t.foreign and cfg.train.init_from and rows > t.vocab_size else t.vocab_size
-        )
+        rows = cfg.model.vocab_size if cfg.train.init_from else 0  # as Trainer.build sizes it
+        cfg.model.vocab_size = Tokenizer.load(tok).model_rows(rows)
     print("\n".join(describe(cfg)))
 
 

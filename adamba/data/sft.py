@@ -29,7 +29,7 @@ from adamba.data.chat import (
     parse_toolbench,
 )
 from adamba.data.registry import open_records
-from adamba.data.shards import _ShardWriter, token_dtype, write_manifest
+from adamba.data.shards import _ShardWriter, token_dtype, write_all
 from adamba.data.template import render_conversation
 from adamba.data.tokenizer import Tokenizer
 from adamba.errors import AdambaError
@@ -71,21 +71,17 @@ def write_chat_shards(
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     w = _ShardWriter(out, dtype, shard_tokens, source, tokenizer.fingerprint(), tokenizer.bos_id, masked=True)
-    try:
+
+    def fill() -> None:
         for conv in convs:
             r = render_conversation(tokenizer, conv)
             if not any(r.mask):
                 continue
             ids = np.asarray(r.ids, dtype=dtype)
             w.add(ids, [len(ids)], [conv.source or source], np.asarray(r.mask, dtype=np.uint8))
-        w.finish()
-    except BaseException:
-        for p in w.written:  # never leave orphans from a failed run
-            p.unlink(missing_ok=True)
-        raise
-    if not w.lines:
-        raise AdambaError(f"no conversation with an assistant turn to train on: nothing written to {out}")
-    return write_manifest(out, w.lines)
+
+    empty = f"no conversation with an assistant turn to train on: nothing written to {out}"
+    return write_all(w, fill, out, empty)
 
 
 def read_records(path: str | Path):

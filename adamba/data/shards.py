@@ -19,7 +19,7 @@ import multiprocessing as mp
 import os
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,17 +259,28 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     w = _ShardWriter(out, dtype, shard_tokens, source, tokenizer.fingerprint(), tokenizer.bos_id)
-    try:
+
+    def fill() -> None:
         for arr, ends, srcs in _encoded_batches(docs, tokenizer, append_bos, dtype.name, workers):
             if len(arr):
                 w.add(arr, ends, srcs)
+
+    empty = f"no usable text: nothing to tokenise for {out} (every document was empty)"
+    return write_all(w, fill, out, empty)
+
+
+def write_all(w: _ShardWriter, fill: Callable[[], None], out: Path, empty: str) -> Path:
+    """Run `fill` (which adds to `w`), finish the last shard and write the manifest; a failure
+    removes the shards written so far (no orphans), nothing written is `empty` as an error."""
+    try:
+        fill()
         w.finish()
     except BaseException:
-        for p in w.written:  # never leave orphans from a failed run
+        for p in w.written:
             p.unlink(missing_ok=True)
         raise
     if not w.lines:
-        raise AdambaError(f"no usable text: nothing to tokenise for {out} (every document was empty)")
+        raise AdambaError(empty)
     return write_manifest(out, w.lines)
 
 

@@ -331,6 +331,11 @@ class Tokenizer:
         tokenizers; an imported one gains them with `with_chat_tokens`."""
         return all(t in self._special for t in CHAT_TOKENS)
 
+    def model_rows(self, rows: int = 0) -> int:
+        """The vocabulary a model for this tokenizer has: its size, or a checkpoint's `rows` that
+        an imported tokenizer fits inside (Hugging Face models pad embeddings to a round size)."""
+        return rows if self.foreign and rows > self.vocab_size else self.vocab_size
+
     def with_chat_tokens(self) -> Tokenizer:
         """This tokenizer with the chat tokens it lacks appended as new special tokens (ids
         vocab_size, vocab_size + 1, ...): every existing id and every encoding of ordinary text

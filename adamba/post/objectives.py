@@ -522,9 +522,9 @@ class DistillObjective(Objective):
         self.prompts = load_prompts(pc.prompts, self.tok)
         self.stops = stop_ids(self.tok)
         device = next(model.parameters()).device
+        self.rank, self.world = _rank_world(model, phase)  # refuses FSDP2 before loading a teacher
         self.teacher = load_teacher(pc.teacher, self.tok, cfg.model.vocab_size, device)
         self.teacher_sha = self.teacher.weights_sha256
-        self.rank, self.world = _rank_world(model, phase)
         self.position = 0
         self._order: tuple[int, list[int]] | None = None
         self._sums: dict[str, float] = {}

@@ -189,17 +189,12 @@ class Trainer:
             ckpt = ck.read_checkpoint(run_dir)
         except AdambaError as e:
             raise AdambaError(f"--resume: nothing to resume in {run_dir} ({e})") from e
-        if ckpt.cfg.model.vocab_size != self._vocab_size(ckpt.cfg.model.vocab_size):
+        if ckpt.cfg.model.vocab_size != self.tokenizer.model_rows(ckpt.cfg.model.vocab_size):
             raise AdambaError(
                 f"tokenizer {cfg.data.tokenizer} has {self.tokenizer.vocab_size} tokens but the checkpoint in "
                 f"{run_dir} was trained with {ckpt.cfg.model.vocab_size}; use the run's own tokenizer.json"
             )
         return ckpt
-
-    def _vocab_size(self, rows: int) -> int:
-        """The tokenizer's size, or a checkpoint's `rows` that an imported one fits in (padded)."""
-        n = self.tokenizer.vocab_size
-        return rows if self.tokenizer.foreign and rows > n else n
 
     def _read_init(self) -> ck.Checkpoint:
         """train.init_from: a checkpoint whose weights start this fresh run (its optimizer, step
@@ -244,7 +239,9 @@ class Trainer:
     def build(self, resume: bool) -> None:
         cfg = self.cfg
         ckpt = self._read_resume() if resume else None
-        cfg.model.vocab_size = self._vocab_size(cfg.model.vocab_size if cfg.train.init_from or resume else 0)
+        cfg.model.vocab_size = self.tokenizer.model_rows(
+            cfg.model.vocab_size if cfg.train.init_from or resume else 0
+        )
         if ckpt is not None:
             _check_resume_config(cfg, ckpt)
             self._restore_plan(ckpt.state)
